@@ -1,0 +1,269 @@
+import { Subject, type Observable, type Subscription } from 'rxjs';
+import type { DeviceEngine, PushDispatch } from '../device/device-engine.js';
+import type { DeviceAckEvent, DeviceEvent, DeviceSentEvent } from '../device/device-event.interface.js';
+import { PayloadTooLargeError } from '../errors/payload-too-large.error.js';
+import { PushFailedError } from '../errors/push-failed.error.js';
+import type { DeviceTransportKind, PushKind } from '../interfaces/push-kind.interface.js';
+import type { PushOutcome, PushStatus } from '../interfaces/push-outcome.interface.js';
+import type { PushSource, PushSubmitter } from '../interfaces/push-submitter.interface.js';
+import { InvalidUuidError } from '../protocol/uuid.util.js';
+import { OfflineStoreFullError, type PendingWrite } from '../store/offline-store.js';
+import { type Deadline, DeadlineQueue } from './deadline-queue.js';
+import { PermitPool, PermitQueueFullError } from './permit-pool.js';
+
+/** Limits of the dispatcher. */
+export interface PushDispatcherOptions {
+  /** Default ack timeout in ms. Default 3000 (mpush). */
+  timeoutMs?: number;
+  /**
+   * Pushes awaiting their outcome at most (one per target device). Beyond it,
+   * new pushes wait for a slot before anything is stored (backpressure: a
+   * `send()` subscription slows down, a pusher connection stops being read).
+   * Default 100,000.
+   */
+  maxInFlight?: number;
+  /** Pushes waiting for a slot at most; beyond it they fail with reason `overloaded`. Default 10,000. */
+  maxQueued?: number;
+}
+
+export interface DispatchOptions {
+  timeoutMs?: number;
+  ack?: 'device' | 'none';
+  source: PushSource;
+  /** The caller already holds an in-flight slot from `acquireSlot()`. */
+  slotHeld?: boolean;
+}
+
+interface Waiter extends Deadline {
+  uuid: string;
+  kind: PushKind;
+  version: number;
+  mask: bigint;
+  ackMode: 'device' | 'none';
+  source: PushSource;
+  accepted: number;
+  sent: number | undefined;
+  transport: DeviceTransportKind | undefined;
+  resolve: (o: PushOutcome) => void;
+}
+
+/**
+ * The one acceptance path for pushes (`PushService.send()` and the pusher port
+ * alike): takes an in-flight slot, stores the push through the engine (which
+ * sends it at once when the device is reachable), then follows it to its
+ * outcome from the engine's sent/ack events, a replacing push, or its
+ * deadline. Every outcome is also published on `outcomes`.
+ */
+export class PushDispatcher implements PushSubmitter {
+  readonly timeoutMs: number;
+  private readonly permits: PermitPool;
+  private readonly waiters = new Map<string, Waiter[]>();
+  private readonly deadlines = new DeadlineQueue<Waiter>((w) => this.expire(w));
+  private readonly outcomes$ = new Subject<PushOutcome>();
+  private sub: Subscription | undefined;
+  readonly counters: Record<PushStatus, number> = { success: 0, offline: 0, timeout: 0, failure: 0, replaced: 0 };
+
+  constructor(
+    readonly engine: DeviceEngine,
+    options: PushDispatcherOptions = {},
+  ) {
+    this.timeoutMs = options.timeoutMs ?? 3000;
+    this.permits = new PermitPool(options.maxInFlight ?? 100_000, options.maxQueued ?? 10_000);
+    this.sub = engine.events.subscribe((e) => this.onEvent(e));
+  }
+
+  /** Every outcome, of every push from every source. */
+  get outcomes(): Observable<PushOutcome> {
+    return this.outcomes$.asObservable();
+  }
+
+  get inFlight(): number {
+    return this.permits.inUse;
+  }
+
+  get queued(): number {
+    return this.permits.queued;
+  }
+
+  /**
+   * Accepts one push for one device and resolves with its outcome (never
+   * rejects). `onAccepted` runs once the store holds the push.
+   */
+  async dispatch(uuid: string, write: PendingWrite, options: DispatchOptions, onAccepted?: (d: PushDispatch) => void): Promise<PushOutcome> {
+    const kind = write.kind;
+    if (!options.slotHeld) {
+      try {
+        await this.permits.acquire();
+      } catch (err) {
+        return this.publish(failure(uuid, kind, options.source, err));
+      }
+    }
+    let d: PushDispatch;
+    try {
+      d = await this.engine.push(uuid, write);
+    } catch (err) {
+      this.permits.release();
+      return this.publish(failure(uuid, kind, options.source, err));
+    }
+    const now = Date.now();
+    onAccepted?.(d);
+    if (d.replaced) this.settleVersion(uuid, 'message', d.replaced, 'replaced', now);
+    const ackMode = options.ack ?? 'device';
+    const base = { uuid, kind, version: d.version, source: options.source, node: this.engine.nodeId };
+    if (!d.reachable) {
+      this.permits.release();
+      return this.publish({ ...base, status: 'offline', timeline: { accepted: now } });
+    }
+    if (d.sentVia && ackMode === 'none') {
+      this.permits.release();
+      return this.publish({ ...base, status: 'success', transport: d.sentVia, timeline: { accepted: now, sent: now } });
+    }
+    return new Promise<PushOutcome>((resolve) => {
+      const w: Waiter = {
+        uuid,
+        kind,
+        version: d.version,
+        mask: write.kind === 'category' ? write.mask : 0n,
+        ackMode,
+        source: options.source,
+        accepted: now,
+        sent: d.sentVia ? now : undefined,
+        transport: d.sentVia ?? undefined,
+        deadline: now + (options.timeoutMs ?? this.timeoutMs),
+        settled: false,
+        resolve,
+      };
+      const list = this.waiters.get(uuid);
+      if (list) list.push(w);
+      else this.waiters.set(uuid, [w]);
+      this.deadlines.add(w);
+    });
+  }
+
+  /**
+   * Waits for an in-flight slot (backpressure), for callers that feed many
+   * targets and must not queue them all. Rejects with `PermitQueueFullError`
+   * when too many callers already wait. Pass `slotHeld: true` to `dispatch`.
+   */
+  acquireSlot(): Promise<void> {
+    return this.permits.acquire();
+  }
+
+  /** Returns a slot taken with `acquireSlot` that will not be dispatched. */
+  releaseSlot(): void {
+    this.permits.release();
+  }
+
+  /** Publishes a failure for a push refused before reaching the store (bad payload, bad uuid). */
+  reject(uuid: string, kind: PushKind, source: PushSource, reason: string): PushOutcome {
+    return this.publish({ uuid, status: 'failure', kind, reason, source, timeline: {} });
+  }
+
+  /** `PushSubmitter` for the pusher port: resolves once stored, rejects when not; the outcome is published. */
+  submit(uuid: string, write: PendingWrite, source: PushSource): Promise<PushDispatch> {
+    return new Promise((resolve, reject) => {
+      this.dispatch(uuid, write, { source }, resolve).then((o) => {
+        if (o.status === 'failure') reject(new PushFailedError(o.uuid, o.reason ?? 'unknown'));
+      });
+    });
+  }
+
+  /** Settles every waiting push as `timeout` and stops listening. */
+  close(): void {
+    this.sub?.unsubscribe();
+    this.sub = undefined;
+    const now = Date.now();
+    for (const list of [...this.waiters.values()]) for (const w of [...list]) this.settle(w, w.sent ? 'timeout' : 'offline', now);
+    this.deadlines.clear();
+    this.outcomes$.complete();
+  }
+
+  private onEvent(e: DeviceEvent): void {
+    if (e.type === 'sent') this.onSent(e);
+    else if (e.type === 'ack') this.onAck(e);
+  }
+
+  private onSent(e: DeviceSentEvent): void {
+    const list = this.waiters.get(e.uuid);
+    if (!list) return;
+    for (const w of [...list]) {
+      if (w.kind !== e.kind) continue;
+      // One notice or category frame carries every earlier push of its kind
+      // (the flag, the OR-ed mask); a message frame carries one version.
+      if (w.kind === 'message' && w.version !== e.version) continue;
+      if (w.sent === undefined) {
+        w.sent = e.at;
+        w.transport = e.transport;
+      }
+      if (w.ackMode === 'none') this.settle(w, 'success', e.at);
+    }
+  }
+
+  private onAck(e: DeviceAckEvent): void {
+    const list = this.waiters.get(e.uuid);
+    if (!list) return;
+    for (const w of [...list]) {
+      if (w.kind !== e.kind) continue;
+      if (w.kind === 'message' && w.version !== e.version) continue;
+      if (w.kind === 'category' && ((e.remaining ?? 0n) & w.mask) !== 0n) continue;
+      this.settle(w, 'success', e.at, e.at);
+    }
+  }
+
+  private settleVersion(uuid: string, kind: PushKind, version: number, status: PushStatus, now: number): void {
+    const list = this.waiters.get(uuid);
+    if (!list) return;
+    for (const w of [...list]) if (w.kind === kind && w.version === version) this.settle(w, status, now);
+  }
+
+  private expire(w: Waiter): void {
+    // Sent but unacked is a timeout (still pending); never sent (reply budget
+    // spent, or the link dropped) means it waits for the next heartbeat.
+    this.settle(w, w.sent !== undefined ? 'timeout' : 'offline', Date.now());
+  }
+
+  private settle(w: Waiter, status: PushStatus, now: number, acked?: number): void {
+    if (w.settled) return;
+    w.settled = true;
+    const list = this.waiters.get(w.uuid);
+    if (list) {
+      const i = list.indexOf(w);
+      if (i >= 0) list.splice(i, 1);
+      if (list.length === 0) this.waiters.delete(w.uuid);
+    }
+    this.permits.release();
+    const outcome: PushOutcome = {
+      uuid: w.uuid,
+      status,
+      kind: w.kind,
+      version: w.version,
+      source: w.source,
+      node: this.engine.nodeId,
+      timeline: { accepted: w.accepted },
+    };
+    if (status === 'offline' && w.sent === undefined) outcome.reason = 'not-sent';
+    if (w.transport) outcome.transport = w.transport;
+    if (w.sent !== undefined) outcome.timeline.sent = w.sent;
+    if (acked !== undefined) outcome.timeline.acked = acked;
+    w.resolve(this.publish(outcome));
+  }
+
+  private publish(o: PushOutcome): PushOutcome {
+    this.counters[o.status]++;
+    this.outcomes$.next(o);
+    return o;
+  }
+}
+
+/** Maps why a push was not accepted to the outcome's `reason`. */
+export function failureReason(err: unknown): string {
+  if (err instanceof PayloadTooLargeError) return 'payload-too-large';
+  if (err instanceof OfflineStoreFullError) return 'store-full';
+  if (err instanceof PermitQueueFullError) return 'overloaded';
+  if (err instanceof InvalidUuidError) return 'invalid-uuid';
+  return 'store-error';
+}
+
+function failure(uuid: string, kind: PushKind, source: PushSource, err: unknown): PushOutcome {
+  return { uuid, status: 'failure', kind, reason: failureReason(err), source, timeline: {} };
+}

@@ -1,0 +1,36 @@
+import type { Type } from '@nestjs/common';
+import type { DeviceEngineOptions } from '../device/device-engine.options.js';
+import type { PushDispatcherOptions } from '../dispatch/push-dispatcher.js';
+import type { PushRouter } from '../router/push-router.js';
+import type { DeviceTransportOptions } from '../server/device-transport.strategy.js';
+import type { PusherTransportOptions } from '../server/pusher-transport.strategy.js';
+import type { MemoryOfflineStoreOptions } from '../store/memory-offline-store.js';
+import type { OfflineStore } from '../store/offline-store.js';
+
+/** Which offline store to use. */
+export type PushStoreOption =
+  /** In-memory (tests, ephemeral setups): pending pushes are lost with the process. */
+  | 'memory'
+  | { type: 'memory'; options?: MemoryOfflineStoreOptions }
+  /** Your own store: a class instantiated with DI, or a ready instance. */
+  | Type<OfflineStore>
+  | OfflineStore;
+
+/** Options of `PushModule.forRoot()` / `forRootAsync()`. */
+export interface PushModuleOptions extends DeviceEngineOptions {
+  /** The device port (UDP and TCP 9966). `enabled: false` runs without it. */
+  device?: DeviceTransportOptions & { enabled?: boolean };
+  /** The pusher port (TCP 9999, loopback by default). `enabled: false` runs without it. */
+  pusher?: Omit<PusherTransportOptions, 'maxContentLength'> & { enabled?: boolean };
+  /** `PushService.send()` limits and defaults. */
+  send?: PushDispatcherOptions & {
+    /** Broadcast pushes per second on this node (mpush's default). Default 3000. */
+    broadcastRate?: number;
+    /** Tag memberships held at most (`PushService.tag`). Default 1,000,000. */
+    maxTagEntries?: number;
+  };
+  /** Offline store. Default: in-memory. */
+  store?: PushStoreOption;
+  /** Router. Default: `LocalPushRouter` (single node). A class is instantiated with DI. */
+  router?: Type<PushRouter> | PushRouter;
+}

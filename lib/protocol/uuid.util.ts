@@ -1,0 +1,60 @@
+import { createHash } from 'node:crypto';
+import { UUID_LENGTH } from './protocol.constants.js';
+
+const HEX = '0123456789abcdef';
+const HEX_PAIRS: string[] = [];
+for (let i = 0; i < 256; i++) HEX_PAIRS.push(HEX[i >> 4]! + HEX[i & 15]!);
+
+/** Thrown by the uuid helpers for input that cannot be a DDPush uuid. */
+export class InvalidUuidError extends TypeError {
+  constructor(value: unknown) {
+    const shown = typeof value === 'string' ? JSON.stringify(value.slice(0, 40)) : typeof value;
+    super(`Invalid device uuid ${shown}: expected 32 hex characters or 16 bytes (use uuidFromKey() for a user key)`);
+    this.name = 'InvalidUuidError';
+  }
+}
+
+/**
+ * The 16 bytes at `offset` of `source` as 32 lowercase hex characters.
+ * Works on a frame's source buffer directly, so no 16-byte copy is made.
+ */
+export function uuidToHex(source: Uint8Array, offset = 0): string {
+  if (offset < 0 || offset + UUID_LENGTH > source.length) throw new InvalidUuidError(source);
+  let s = '';
+  for (let i = offset; i < offset + UUID_LENGTH; i++) s += HEX_PAIRS[source[i]!]!;
+  return s;
+}
+
+const HEX_RE = /^[0-9a-fA-F]{32}$/;
+
+/** True when `value` is 32 hex characters (either case). */
+export function isUuidHex(value: unknown): value is string {
+  return typeof value === 'string' && HEX_RE.test(value);
+}
+
+/** 32 hex characters (either case) to 16 bytes. */
+export function uuidFromHex(hex: string): Buffer {
+  if (!isUuidHex(hex)) throw new InvalidUuidError(hex);
+  return Buffer.from(hex, 'hex');
+}
+
+/**
+ * The DDPush convention for turning a user key (an account id such as `100001`)
+ * into a device uuid: the MD5 digest of the key's UTF-8 bytes.
+ */
+export function uuidFromKey(key: string): Buffer {
+  if (typeof key !== 'string' || key.length === 0) {
+    throw new TypeError('uuidFromKey(key): key must be a non-empty string');
+  }
+  return createHash('md5').update(key, 'utf8').digest();
+}
+
+/** Normalises a uuid given as hex (any case) or 16 bytes to lowercase hex. */
+export function normalizeUuid(uuid: string | Uint8Array): string {
+  if (typeof uuid === 'string') {
+    if (!isUuidHex(uuid)) throw new InvalidUuidError(uuid);
+    return uuid.toLowerCase();
+  }
+  if (!(uuid instanceof Uint8Array) || uuid.length !== UUID_LENGTH) throw new InvalidUuidError(uuid);
+  return uuidToHex(uuid, 0);
+}

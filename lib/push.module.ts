@@ -1,0 +1,126 @@
+import { Inject, Logger, Module, type OnApplicationShutdown, type Provider, Injectable } from '@nestjs/common';
+import { DiscoveryModule, ModuleRef } from '@nestjs/core';
+import { DeviceEngine } from './device/device-engine.js';
+import { PushDispatcher } from './dispatch/push-dispatcher.js';
+import type { PushModuleOptions } from './interfaces/push-module-options.interface.js';
+import { validatePushModuleOptions } from './push-options.resolver.js';
+import { PushExplorer } from './push.explorer.js';
+import { PUSH_MODULE_OPTIONS, PushConfigurableModule } from './push.module-definition.js';
+import { PushService } from './push.service.js';
+import { LocalPushRouter } from './router/local-push-router.js';
+import { PushRouter } from './router/push-router.js';
+import { DeviceTransportStrategy } from './server/device-transport.strategy.js';
+import { PusherTransportStrategy } from './server/pusher-transport.strategy.js';
+import { MemoryOfflineStore } from './store/memory-offline-store.js';
+import { OfflineStore } from './store/offline-store.js';
+
+/** Resolved, validated options (the raw ones come from forRoot/forRootAsync). */
+export const PUSH_OPTIONS = Symbol.for('nest-push:options');
+
+async function createStore(options: PushModuleOptions, moduleRef: ModuleRef): Promise<OfflineStore> {
+  const s = options.store;
+  let store: OfflineStore;
+  if (s instanceof OfflineStore) store = s;
+  else if (typeof s === 'function') store = await moduleRef.create(s);
+  else if (s && typeof s === 'object' && 'type' in s) store = new MemoryOfflineStore(s.options);
+  else store = new MemoryOfflineStore();
+  // Opened here, in an async provider, so the store is ready before any
+  // transport or service can touch it, and a bad data directory fails startup.
+  await store.open();
+  return store;
+}
+
+async function createRouter(options: PushModuleOptions, moduleRef: ModuleRef): Promise<PushRouter> {
+  const r = options.router;
+  if (r instanceof PushRouter) return r;
+  if (typeof r === 'function') return moduleRef.create(r);
+  return new LocalPushRouter();
+}
+
+/**
+ * Closes everything in the order that loses nothing: stop accepting (pusher
+ * port waits for in-flight tasks to be stored and answered), stop devices,
+ * settle waiting outcomes, then flush and close the store.
+ */
+@Injectable()
+export class PushLifecycle implements OnApplicationShutdown {
+  private readonly logger = new Logger('PushModule');
+
+  constructor(
+    private readonly engine: DeviceEngine,
+    private readonly dispatcher: PushDispatcher,
+    private readonly store: OfflineStore,
+    @Inject(DeviceTransportStrategy) private readonly device: DeviceTransportStrategy | null,
+    @Inject(PusherTransportStrategy) private readonly pusher: PusherTransportStrategy | null,
+  ) {}
+
+  async onApplicationShutdown(): Promise<void> {
+    try {
+      await this.pusher?.close();
+      await this.device?.close();
+      this.dispatcher.close();
+      this.engine.close();
+    } finally {
+      await this.store.close();
+      this.logger.log('push transports closed, store flushed');
+    }
+  }
+}
+
+const providers: Provider[] = [
+  {
+    provide: PUSH_OPTIONS,
+    useFactory: (raw: PushModuleOptions) => validatePushModuleOptions(raw ?? {}),
+    inject: [PUSH_MODULE_OPTIONS],
+  },
+  { provide: OfflineStore, useFactory: createStore, inject: [PUSH_OPTIONS, ModuleRef] },
+  { provide: PushRouter, useFactory: createRouter, inject: [PUSH_OPTIONS, ModuleRef] },
+  {
+    provide: DeviceEngine,
+    useFactory: (options: PushModuleOptions, store: OfflineStore, router: PushRouter) => {
+      const { device: _d, pusher: _p, send: _s, store: _st, router: _r, ...engine } = options;
+      return new DeviceEngine(store, router, engine);
+    },
+    inject: [PUSH_OPTIONS, OfflineStore, PushRouter],
+  },
+  {
+    provide: PushDispatcher,
+    useFactory: (options: PushModuleOptions, engine: DeviceEngine) => new PushDispatcher(engine, options.send),
+    inject: [PUSH_OPTIONS, DeviceEngine],
+  },
+  {
+    provide: DeviceTransportStrategy,
+    useFactory: (options: PushModuleOptions, engine: DeviceEngine) => {
+      const { enabled, ...device } = options.device ?? {};
+      return enabled === false ? null : new DeviceTransportStrategy(engine, device);
+    },
+    inject: [PUSH_OPTIONS, DeviceEngine],
+  },
+  {
+    provide: PusherTransportStrategy,
+    useFactory: (options: PushModuleOptions, dispatcher: PushDispatcher, engine: DeviceEngine) => {
+      const { enabled, ...pusher } = options.pusher ?? {};
+      return enabled === false ? null : new PusherTransportStrategy(dispatcher, { ...pusher, maxContentLength: engine.options.maxContentLength });
+    },
+    inject: [PUSH_OPTIONS, PushDispatcher, DeviceEngine],
+  },
+  PushService,
+  PushExplorer,
+  PushLifecycle,
+];
+
+/**
+ * Turns a Nest app into a DDPush v1 push server.
+ *
+ * ```ts
+ * @Module({ imports: [PushModule.forRoot({ device: { port: 9966 }, pusher: { port: 9999 } })] })
+ * export class AppModule {}
+ * ```
+ * then in `main.ts`: `await connectPushTransports(app); await app.startAllMicroservices();`.
+ */
+@Module({
+  imports: [DiscoveryModule],
+  providers,
+  exports: [PushService, OfflineStore, PushRouter, DeviceEngine, PushDispatcher, DeviceTransportStrategy, PusherTransportStrategy, PUSH_OPTIONS],
+})
+export class PushModule extends PushConfigurableModule {}

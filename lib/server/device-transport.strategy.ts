@@ -1,0 +1,288 @@
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+import { EventEmitter } from 'node:events';
+import { createServer, type Server as NetServer, type Socket } from 'node:net';
+import { BaseRpcContext, type CustomTransportStrategy, Server } from '@nestjs/microservices';
+import type { Subscription } from 'rxjs';
+import type { DeviceEngine, DeviceLink } from '../device/device-engine.js';
+import type { DeviceEvent } from '../device/device-event.interface.js';
+import { PushConfigError } from '../errors/push-config.error.js';
+import { createClientFrame, decodeClientFrame } from '../protocol/client-frame.codec.js';
+import { ClientFrameStreamDecoder } from '../protocol/client-frame.decoder.js';
+import { DEVICE_EVENT_PATTERNS, DEVICE_TRANSPORT } from '../push.constants.js';
+
+/** Options of the device port (UDP and TCP on one port number). */
+export interface DeviceTransportOptions {
+  /** Default `'0.0.0.0'`. */
+  host?: string;
+  /** Default 9966. 0 picks a free port (the same number for UDP and TCP). */
+  port?: number;
+  /** Listen for UDP devices. Default true. */
+  udp?: boolean;
+  /** Listen for TCP devices. Default true. */
+  tcp?: boolean;
+  /** A TCP device silent this long is disconnected. Default 300 s. */
+  tcpIdleTimeoutMs?: number;
+  /**
+   * Bytes queued for one TCP device before it is disconnected: a device that
+   * stops reading is cut off instead of buffered forever. Default 64 KiB.
+   */
+  tcpWriteLimitBytes?: number;
+  /** Open TCP device connections at most; further ones are refused and counted. Default 100,000. */
+  maxTcpConnections?: number;
+  /** UDP socket receive/send buffer sizes in bytes (the OS may cap them). Default 4 MiB / 1 MiB. */
+  udpRecvBufferSize?: number;
+  udpSendBufferSize?: number;
+}
+
+export type DeviceTransportStatus = 'listening' | 'closed';
+
+/** Context handed to `@EventPattern` handlers bound to the device transport: `[uuid, event]`. */
+export class DeviceEventContext extends BaseRpcContext<[string, DeviceEvent]> {
+  getUuid(): string {
+    return this.args[0];
+  }
+  getEvent(): DeviceEvent {
+    return this.args[1];
+  }
+}
+
+/** Transport counters beyond the engine's. */
+export interface DeviceTransportCounters {
+  datagrams: number;
+  tcpConnections: number;
+  tcpRefused: number;
+  tcpIdleClosed: number;
+  tcpProtocolClosed: number;
+  sendErrors: number;
+}
+
+type ResolvedOptions = Required<DeviceTransportOptions>;
+
+function resolve(o: DeviceTransportOptions): ResolvedOptions {
+  const r: ResolvedOptions = {
+    host: o.host ?? '0.0.0.0',
+    port: o.port ?? 9966,
+    udp: o.udp ?? true,
+    tcp: o.tcp ?? true,
+    tcpIdleTimeoutMs: o.tcpIdleTimeoutMs ?? 300_000,
+    tcpWriteLimitBytes: o.tcpWriteLimitBytes ?? 64 * 1024,
+    maxTcpConnections: o.maxTcpConnections ?? 100_000,
+    udpRecvBufferSize: o.udpRecvBufferSize ?? 4 * 1024 * 1024,
+    udpSendBufferSize: o.udpSendBufferSize ?? 1024 * 1024,
+  };
+  if (!Number.isInteger(r.port) || r.port < 0 || r.port > 65535) throw new PushConfigError('device.port', `expected 0..65535, got ${r.port}`);
+  if (!r.udp && !r.tcp) throw new PushConfigError('device', 'udp and tcp are both disabled; enable one, or set device.enabled=false');
+  for (const k of ['tcpIdleTimeoutMs', 'tcpWriteLimitBytes', 'maxTcpConnections', 'udpRecvBufferSize', 'udpSendBufferSize'] as const) {
+    if (!Number.isInteger(r[k]) || r[k] < 1) throw new PushConfigError(`device.${k}`, `expected a positive integer, got ${r[k]}`);
+  }
+  return r;
+}
+
+/**
+ * The device port as a Nest custom transport: one UDP socket and one TCP
+ * server on the same host/port, feeding a `DeviceEngine`.
+ *
+ * Engine events are also dispatched to `@EventPattern('push.ack' |
+ * 'device.online' | 'device.offline')` handlers registered on this transport,
+ * for apps that want guards and interceptors around them.
+ */
+/** Events of the device transport (`strategy.on(...)`). */
+export type DeviceTransportEvents = {
+  error: (err: Error) => void;
+  listening: (port: number) => void;
+};
+
+export class DeviceTransportStrategy extends Server<DeviceTransportEvents, DeviceTransportStatus> implements CustomTransportStrategy {
+  override transportId = DEVICE_TRANSPORT;
+  readonly options: ResolvedOptions;
+  readonly counters: DeviceTransportCounters = { datagrams: 0, tcpConnections: 0, tcpRefused: 0, tcpIdleClosed: 0, tcpProtocolClosed: 0, sendErrors: 0 };
+  private udp: UdpSocket | undefined;
+  private tcp: NetServer | undefined;
+  private readonly sockets = new Set<Socket>();
+  private readonly emitter = new EventEmitter();
+  private eventsSub: Subscription | undefined;
+  private boundPort = 0;
+  // Decoding a datagram reuses one frame object: the engine reads it synchronously.
+  private readonly frame = createClientFrame();
+
+  constructor(
+    readonly engine: DeviceEngine,
+    options: DeviceTransportOptions = {},
+  ) {
+    super();
+    this.options = resolve(options);
+  }
+
+  /** The bound port (useful with port 0). */
+  get port(): number {
+    return this.boundPort;
+  }
+
+  get listening(): boolean {
+    return this.boundPort !== 0;
+  }
+
+  async listen(callback: (...optionalParams: unknown[]) => unknown): Promise<void> {
+    try {
+      await this.start();
+      callback();
+    } catch (err) {
+      callback(err);
+    }
+  }
+
+  /** Binds the sockets (also usable without Nest). */
+  async start(): Promise<void> {
+    if (this.listening) return;
+    const { host, port } = this.options;
+    // With port 0 the OS picks the TCP port and UDP binds the same number;
+    // retry in the rare case that number is taken for UDP.
+    for (let attempt = 0; ; attempt++) {
+      try {
+        let p = port;
+        if (this.options.tcp) p = await this.startTcp(host, port);
+        if (this.options.udp) p = await this.startUdp(host, p);
+        this.boundPort = p;
+        break;
+      } catch (err) {
+        await this.closeSockets();
+        if (port !== 0 || attempt >= 5) throw err;
+      }
+    }
+    this.engine.attachUdp(this.udp ? { send: (frame, p, address) => this.udp!.send(frame, p, address, this.onSendDone) } : undefined);
+    this.engine.start();
+    this.eventsSub = this.engine.events.subscribe((e) => this.dispatch(e));
+    this._status$.next('listening');
+    this.emitter.emit('listening', this.boundPort);
+  }
+
+  private readonly onSendDone = (err: Error | null): void => {
+    if (err) this.counters.sendErrors++;
+  };
+
+  private startTcp(host: string, port: number): Promise<number> {
+    const server = createServer({ noDelay: true, pauseOnConnect: false }, (socket) => this.onConnection(socket));
+    this.tcp = server;
+    server.on('error', (err) => this.emitter.emit('error', err));
+    return new Promise((resolvePort, reject) => {
+      server.once('error', reject);
+      server.listen({ host, port, backlog: 4096 }, () => {
+        server.off('error', reject);
+        resolvePort((server.address() as { port: number }).port);
+      });
+    });
+  }
+
+  private startUdp(host: string, port: number): Promise<number> {
+    const socket = createSocket({
+      type: host.includes(':') ? 'udp6' : 'udp4',
+      recvBufferSize: this.options.udpRecvBufferSize,
+      sendBufferSize: this.options.udpSendBufferSize,
+    });
+    this.udp = socket;
+    socket.on('message', (msg, rinfo) => {
+      this.counters.datagrams++;
+      const r = decodeClientFrame(msg, this.frame);
+      if (typeof r === 'string') this.engine.countDrop(r);
+      else this.engine.handleUdp(r, rinfo.address, rinfo.port);
+    });
+    // An ICMP-unreachable or a send error must never take the server down.
+    socket.on('error', (err) => this.emitter.emit('error', err));
+    return new Promise((resolvePort, reject) => {
+      socket.once('error', reject);
+      socket.bind({ address: host, port, exclusive: true }, () => {
+        socket.off('error', reject);
+        resolvePort(socket.address().port);
+      });
+    });
+  }
+
+  private onConnection(socket: Socket): void {
+    if (this.sockets.size >= this.options.maxTcpConnections) {
+      this.counters.tcpRefused++;
+      this.engine.countDrop('tcp-connection-limit');
+      socket.destroy();
+      return;
+    }
+    this.counters.tcpConnections++;
+    this.sockets.add(socket);
+    const limit = this.options.tcpWriteLimitBytes;
+    const link: DeviceLink = {
+      address: socket.remoteAddress ?? '',
+      port: socket.remotePort ?? 0,
+      deviceId: -1,
+      send(frame: Buffer): boolean {
+        if (socket.destroyed) return false;
+        if (socket.writableLength + frame.length > limit) {
+          socket.destroy();
+          return false;
+        }
+        socket.write(frame);
+        return true;
+      },
+      close(): void {
+        socket.destroy();
+      },
+    };
+    const decoder = new ClientFrameStreamDecoder(
+      (frame) => this.engine.handleTcp(frame, link),
+      (reason) => {
+        this.engine.countDrop(reason);
+        this.counters.tcpProtocolClosed++;
+        socket.destroy();
+      },
+    );
+    socket.setTimeout(this.options.tcpIdleTimeoutMs, () => {
+      this.counters.tcpIdleClosed++;
+      socket.destroy();
+    });
+    socket.on('data', (chunk) => decoder.write(chunk));
+    socket.on('error', () => {});
+    socket.on('close', () => {
+      this.sockets.delete(socket);
+      this.engine.tcpClosed(link);
+    });
+  }
+
+  private dispatch(event: DeviceEvent): void {
+    const pattern = DEVICE_EVENT_PATTERNS[event.type];
+    if (!pattern || !this.messageHandlers.has(pattern)) return;
+    const ctx = new DeviceEventContext([event.uuid, event]);
+    this.handleEvent(pattern, { pattern, data: event }, ctx).catch((err) => this.logger.error?.(err));
+  }
+
+  async close(): Promise<void> {
+    this.eventsSub?.unsubscribe();
+    this.eventsSub = undefined;
+    this.engine.stop();
+    this.engine.attachUdp(undefined);
+    await this.closeSockets();
+    if (this.boundPort !== 0) {
+      this.boundPort = 0;
+      this._status$.next('closed');
+    }
+  }
+
+  private async closeSockets(): Promise<void> {
+    const udp = this.udp;
+    const tcp = this.tcp;
+    this.udp = undefined;
+    this.tcp = undefined;
+    for (const s of this.sockets) s.destroy();
+    this.sockets.clear();
+    await Promise.all([
+      udp && new Promise<void>((r) => udp.close(() => r())),
+      tcp && new Promise<void>((r) => tcp.close(() => r())),
+    ]);
+  }
+
+  on<K extends keyof DeviceTransportEvents>(event: K, callback: DeviceTransportEvents[K]): this {
+    this.emitter.on(event, callback as (...args: any[]) => void);
+    return this;
+  }
+
+  unwrap<T>(): T {
+    if (!this.udp && !this.tcp) throw new Error('Device transport is not listening: call listen() (or app.startAllMicroservices()) first');
+    return { udp: this.udp, tcp: this.tcp } as T;
+  }
+}

@@ -1,0 +1,162 @@
+import { VersionCounter } from './version-counter.js';
+import { OfflineStore, OfflineStoreFullError, type AckResult, type OfflineStoreStats, type PendingState, type PendingWrite, type WriteResult } from './offline-store.js';
+
+/** Options of the in-memory store. */
+export interface MemoryOfflineStoreOptions {
+  /** Devices with something pending. Writes for new devices fail beyond it. Default 1,000,000. */
+  maxDevices?: number;
+  /** Total bytes of pending message content. Writes that would exceed it fail. Default 256 MiB. */
+  maxBytes?: number;
+  /** Pending state untouched for this long is dropped by `sweep`. Default 50 h (DDPush's record expiry). */
+  ttlMs?: number;
+}
+
+interface Entry {
+  notice: number;
+  category: bigint;
+  categoryVersion: number;
+  message: Buffer | null;
+  messageVersion: number;
+  touched: number;
+}
+
+const NO_REPLACE = 0;
+
+/**
+ * Pending messages in a Map: fast, bounded, and gone with the process. For
+ * tests and ephemeral setups; the durable default is the LMDB store.
+ *
+ * Entries are kept in touch order (re-inserted on every write), so `sweep`
+ * only looks at the oldest entries and stops at the first fresh one: expiry
+ * costs O(expired), never a scan of the whole map.
+ */
+export class MemoryOfflineStore extends OfflineStore {
+  private readonly entries = new Map<string, Entry>();
+  private bytes = 0;
+  private readonly versions = new VersionCounter();
+  readonly maxDevices: number;
+  readonly maxBytes: number;
+  readonly ttlMs: number;
+
+  constructor(options: MemoryOfflineStoreOptions = {}) {
+    super();
+    this.maxDevices = options.maxDevices ?? 1_000_000;
+    this.maxBytes = options.maxBytes ?? 256 * 1024 * 1024;
+    this.ttlMs = options.ttlMs ?? 50 * 3600_000;
+  }
+
+  write(uuid: string, push: PendingWrite): Promise<WriteResult> {
+    try {
+      return Promise.resolve(this.writeSync(uuid, push));
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  private writeSync(uuid: string, push: PendingWrite): WriteResult {
+    let e = this.entries.get(uuid);
+    if (push.kind === 'message') {
+      const delta = push.content.length - (e?.message?.length ?? 0);
+      if (this.bytes + delta > this.maxBytes) throw new OfflineStoreFullError('maxBytes', this.maxBytes);
+    }
+    if (!e) {
+      if (this.entries.size >= this.maxDevices) throw new OfflineStoreFullError('maxDevices', this.maxDevices);
+      e = { notice: 0, category: 0n, categoryVersion: 0, message: null, messageVersion: 0, touched: 0 };
+    } else {
+      this.entries.delete(uuid);
+    }
+    e.touched = Date.now();
+    this.entries.set(uuid, e);
+    const version = this.versions.next();
+    switch (push.kind) {
+      case 'notice':
+        e.notice = version;
+        return { kind: 'notice', version, replaced: NO_REPLACE };
+      case 'category':
+        e.category |= BigInt.asUintN(64, push.mask);
+        e.categoryVersion = version;
+        return { kind: 'category', version, replaced: NO_REPLACE, mask: e.category };
+      case 'message': {
+        const replaced = e.messageVersion;
+        this.bytes += push.content.length - (e.message?.length ?? 0);
+        e.message = push.content;
+        e.messageVersion = version;
+        return { kind: 'message', version, replaced };
+      }
+    }
+  }
+
+  read(uuid: string): Promise<PendingState | null> {
+    const e = this.entries.get(uuid);
+    if (!e) return Promise.resolve(null);
+    return Promise.resolve({
+      notice: e.notice,
+      category: e.category,
+      categoryVersion: e.categoryVersion,
+      message: e.message,
+      messageVersion: e.messageVersion,
+    });
+  }
+
+  ackNotice(uuid: string, version: number): Promise<AckResult> {
+    const e = this.entries.get(uuid);
+    if (!e || e.notice === 0) return Promise.resolve({ cleared: false, remaining: false });
+    if (e.notice !== version) return Promise.resolve({ cleared: false, remaining: true });
+    e.notice = 0;
+    this.dropIfEmpty(uuid, e);
+    return Promise.resolve({ cleared: true, remaining: false });
+  }
+
+  ackCategory(uuid: string, mask: bigint): Promise<bigint> {
+    const e = this.entries.get(uuid);
+    if (!e) return Promise.resolve(0n);
+    e.category &= ~BigInt.asUintN(64, mask);
+    e.category = BigInt.asUintN(64, e.category);
+    if (e.category === 0n) e.categoryVersion = 0;
+    this.dropIfEmpty(uuid, e);
+    return Promise.resolve(e.category);
+  }
+
+  ackMessage(uuid: string, version: number): Promise<AckResult> {
+    const e = this.entries.get(uuid);
+    if (!e || e.messageVersion === 0) return Promise.resolve({ cleared: false, remaining: false });
+    if (e.messageVersion !== version) return Promise.resolve({ cleared: false, remaining: true });
+    this.bytes -= e.message?.length ?? 0;
+    e.message = null;
+    e.messageVersion = 0;
+    this.dropIfEmpty(uuid, e);
+    return Promise.resolve({ cleared: true, remaining: false });
+  }
+
+  remove(uuid: string): Promise<void> {
+    const e = this.entries.get(uuid);
+    if (e) {
+      this.bytes -= e.message?.length ?? 0;
+      this.entries.delete(uuid);
+    }
+    return Promise.resolve();
+  }
+
+  /**
+   * Drops entries untouched for `ttlMs`, at most `budget` of them, oldest
+   * first. Returns how many were dropped.
+   */
+  sweep(now = Date.now(), budget = 10_000): number {
+    let dropped = 0;
+    for (const [uuid, e] of this.entries) {
+      if (dropped >= budget || now - e.touched < this.ttlMs) break;
+      this.bytes -= e.message?.length ?? 0;
+      this.entries.delete(uuid);
+      dropped++;
+    }
+    return dropped;
+  }
+
+  stats(): OfflineStoreStats {
+    return { devices: this.entries.size, bytes: this.bytes, maxDevices: this.maxDevices, maxBytes: this.maxBytes };
+  }
+
+  private dropIfEmpty(uuid: string, e: Entry): void {
+    if (e.notice === 0 && e.category === 0n && e.messageVersion === 0) this.entries.delete(uuid);
+  }
+}

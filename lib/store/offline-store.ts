@@ -1,0 +1,86 @@
+import type { PushKind } from '../interfaces/push-kind.interface.js';
+
+/** A push to record as pending for a device. */
+export type PendingWrite =
+  | { kind: 'notice' }
+  | { kind: 'category'; mask: bigint }
+  | { kind: 'message'; content: Buffer };
+
+/** What a write did. */
+export interface WriteResult {
+  kind: PushKind;
+  /** Version now pending for this kind (per device, increasing, 1..2^32-1, wraps). */
+  version: number;
+  /**
+   * Version of an unacked message this write pushed out: the previous latest
+   * (latest-only retention) or the oldest of a full queue. 0 when none.
+   */
+  replaced: number;
+  /** Category writes: the whole mask now pending (what the device is sent). */
+  mask?: bigint;
+}
+
+/** Everything pending for one device. Versions are 0 when nothing of that kind is pending. */
+export interface PendingState {
+  notice: number;
+  category: bigint;
+  categoryVersion: number;
+  message: Buffer | null;
+  messageVersion: number;
+}
+
+/** Result of acking a notice or a message. */
+export interface AckResult {
+  /** The acked version was the pending one and is gone. */
+  cleared: boolean;
+  /** Something of this kind is still pending (a newer version, or the next queued message). */
+  remaining: boolean;
+}
+
+/** Store limits and occupancy, for `stats()` and metrics. */
+export interface OfflineStoreStats {
+  devices: number;
+  bytes: number;
+  maxDevices: number;
+  maxBytes: number;
+}
+
+/** Thrown by `write` when the store is at a configured limit; the push is refused, nothing is stored. */
+export class OfflineStoreFullError extends Error {
+  constructor(readonly limit: 'maxDevices' | 'maxBytes', value: number) {
+    super(`Offline store is full (${limit}=${value}); raise the store's ${limit} option or let devices drain their pending messages`);
+    this.name = 'OfflineStoreFullError';
+  }
+}
+
+/**
+ * Where pending pushes live until their device acks them. This is a DI token:
+ * provide another implementation with `{ provide: OfflineStore, useClass: ... }`.
+ *
+ * Contract, shared by every implementation (memory, LMDB, Redis):
+ * - each operation is atomic per device: a write and an ack racing for the
+ *   same device never lose an update;
+ * - `write` resolves only once the push is as durable as the store promises
+ *   (the pusher port's 0x00 reply and `PushService` acceptance wait for it);
+ * - notice: a flag with a version; category: a 64-bit mask OR-ed in; message:
+ *   latest-only, each write replacing the pending one and reporting it;
+ * - acks clear by version (notice, message) or by bits (category), so an ack
+ *   for an older transmission never clears a newer push.
+ */
+export abstract class OfflineStore {
+  /** Opens files/connections. Called once before use. */
+  async open(): Promise<void> {}
+  /** Flushes in-flight writes and releases resources. */
+  async close(): Promise<void> {}
+
+  abstract write(uuid: string, push: PendingWrite): Promise<WriteResult>;
+  /** Pending state, or null when nothing is pending for the device. */
+  abstract read(uuid: string): Promise<PendingState | null>;
+  abstract ackNotice(uuid: string, version: number): Promise<AckResult>;
+  /** Clears exactly the acked bits; resolves to the mask still pending. */
+  abstract ackCategory(uuid: string, mask: bigint): Promise<bigint>;
+  abstract ackMessage(uuid: string, version: number): Promise<AckResult>;
+  /** Drops everything pending for a device. */
+  abstract remove(uuid: string): Promise<void>;
+  abstract stats(): OfflineStoreStats;
+}
