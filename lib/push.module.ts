@@ -85,8 +85,8 @@ const providers: Provider[] = [
   },
   {
     provide: PushDispatcher,
-    useFactory: (options: PushModuleOptions, engine: DeviceEngine) => new PushDispatcher(engine, options.send),
-    inject: [PUSH_OPTIONS, DeviceEngine],
+    useFactory: (options: PushModuleOptions, engine: DeviceEngine, store: OfflineStore) => new PushDispatcher(engine, store, options.send),
+    inject: [PUSH_OPTIONS, DeviceEngine, OfflineStore],
   },
   {
     provide: DeviceTransportStrategy,

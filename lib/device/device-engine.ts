@@ -474,6 +474,8 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
             this.resetTx(id, kind);
           }
           if (r.cleared) this.events$.next({ type: 'ack', uuid, kind, version, at: Date.now() });
+          // Queue mode: the next message goes out as soon as the previous is acked.
+          if (r.cleared && r.remaining) this.load(id, uuid, false);
         }, this.storeFailed);
         return;
       }
@@ -501,7 +503,8 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
     this.table.flags[id]! |= KIND_FLAG[write.kind];
     const now = Date.now();
     const reachable = this.links.has(id) || this.udpReachable(id, now);
-    if (!reachable) return { ...result, sentVia: null, reachable };
+    // A queued message behind an unacked one waits for that ack (see handleAck).
+    if (!reachable || !result.head) return { ...result, sentVia: null, reachable };
     const appId = this.table.appId[id]!;
     const frame =
       write.kind === 'notice'

@@ -7,7 +7,7 @@ import type { DeviceTransportKind, PushKind } from '../interfaces/push-kind.inte
 import type { PushOutcome, PushStatus } from '../interfaces/push-outcome.interface.js';
 import type { PushSource, PushSubmitter } from '../interfaces/push-submitter.interface.js';
 import { InvalidUuidError } from '../protocol/uuid.util.js';
-import { OfflineStoreFullError, type PendingWrite } from '../store/offline-store.js';
+import { type OfflineStore, OfflineStoreFullError, type PendingWrite, type StoreDrop } from '../store/offline-store.js';
 import { type Deadline, DeadlineQueue } from './deadline-queue.js';
 import { PermitPool, PermitQueueFullError } from './permit-pool.js';
 
@@ -65,11 +65,13 @@ export class PushDispatcher implements PushSubmitter {
 
   constructor(
     readonly engine: DeviceEngine,
+    store: OfflineStore,
     options: PushDispatcherOptions = {},
   ) {
     this.timeoutMs = options.timeoutMs ?? 3000;
     this.permits = new PermitPool(options.maxInFlight ?? 100_000, options.maxQueued ?? 10_000);
     this.sub = engine.events.subscribe((e) => this.onEvent(e));
+    this.sub.add(store.drops.subscribe((d) => this.onStoreDrop(d)));
   }
 
   /** Every outcome, of every push from every source. */
@@ -210,6 +212,31 @@ export class PushDispatcher implements PushSubmitter {
     }
   }
 
+  /**
+   * A message the store dropped by itself. If its push is still waiting, that
+   * is its outcome; if the push already settled (e.g. `offline`), a second
+   * outcome tells outcome handlers the message will never be delivered.
+   */
+  private onStoreDrop(d: StoreDrop): void {
+    const status: PushStatus = d.reason === 'replaced' ? 'replaced' : 'failure';
+    const now = Date.now();
+    const w = this.waiters.get(d.uuid)?.find((x) => x.kind === d.kind && x.version === d.version);
+    if (w) {
+      this.settle(w, status, now, undefined, d.reason === 'expired' ? 'expired' : undefined);
+      return;
+    }
+    this.publish({
+      uuid: d.uuid,
+      status,
+      kind: d.kind,
+      version: d.version,
+      source: 'service',
+      node: this.engine.nodeId,
+      timeline: {},
+      ...(d.reason === 'expired' ? { reason: 'expired' } : {}),
+    });
+  }
+
   private settleVersion(uuid: string, kind: PushKind, version: number, status: PushStatus, now: number): void {
     const list = this.waiters.get(uuid);
     if (!list) return;
@@ -222,7 +249,7 @@ export class PushDispatcher implements PushSubmitter {
     this.settle(w, w.sent !== undefined ? 'timeout' : 'offline', Date.now());
   }
 
-  private settle(w: Waiter, status: PushStatus, now: number, acked?: number): void {
+  private settle(w: Waiter, status: PushStatus, now: number, acked?: number, reason?: string): void {
     if (w.settled) return;
     w.settled = true;
     const list = this.waiters.get(w.uuid);
@@ -241,7 +268,8 @@ export class PushDispatcher implements PushSubmitter {
       node: this.engine.nodeId,
       timeline: { accepted: w.accepted },
     };
-    if (status === 'offline' && w.sent === undefined) outcome.reason = 'not-sent';
+    if (reason) outcome.reason = reason;
+    else if (status === 'offline' && w.sent === undefined) outcome.reason = 'not-sent';
     if (w.transport) outcome.transport = w.transport;
     if (w.sent !== undefined) outcome.timeline.sent = w.sent;
     if (acked !== undefined) outcome.timeline.acked = acked;

@@ -71,17 +71,17 @@ export class MemoryOfflineStore extends OfflineStore {
     switch (push.kind) {
       case 'notice':
         e.notice = version;
-        return { kind: 'notice', version, replaced: NO_REPLACE };
+        return { kind: 'notice', version, replaced: NO_REPLACE, head: true };
       case 'category':
         e.category |= BigInt.asUintN(64, push.mask);
         e.categoryVersion = version;
-        return { kind: 'category', version, replaced: NO_REPLACE, mask: e.category };
+        return { kind: 'category', version, replaced: NO_REPLACE, mask: e.category, head: true };
       case 'message': {
         const replaced = e.messageVersion;
         this.bytes += push.content.length - (e.message?.length ?? 0);
         e.message = push.content;
         e.messageVersion = version;
-        return { kind: 'message', version, replaced };
+        return { kind: 'message', version, replaced, head: true };
       }
     }
   }

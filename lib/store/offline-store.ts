@@ -1,3 +1,4 @@
+import { type Observable, Subject } from 'rxjs';
 import type { PushKind } from '../interfaces/push-kind.interface.js';
 
 /** A push to record as pending for a device. */
@@ -18,6 +19,12 @@ export interface WriteResult {
   replaced: number;
   /** Category writes: the whole mask now pending (what the device is sent). */
   mask?: bigint;
+  /**
+   * This push is now what the device should be sent. Always true for notice,
+   * category and latest-only messages; in queue mode only when the queue was
+   * empty (queued messages go one at a time, each after the previous ack).
+   */
+  head: boolean;
 }
 
 /** Everything pending for one device. Versions are 0 when nothing of that kind is pending. */
@@ -35,6 +42,15 @@ export interface AckResult {
   cleared: boolean;
   /** Something of this kind is still pending (a newer version, or the next queued message). */
   remaining: boolean;
+}
+
+/** A pending message the store dropped on its own. */
+export interface StoreDrop {
+  uuid: string;
+  kind: PushKind;
+  version: number;
+  /** `replaced`: pushed out of a full queue; `expired`: its queue TTL passed. */
+  reason: 'replaced' | 'expired';
 }
 
 /** Store limits and occupancy, for `stats()` and metrics. */
@@ -63,11 +79,21 @@ export class OfflineStoreFullError extends Error {
  * - `write` resolves only once the push is as durable as the store promises
  *   (the pusher port's 0x00 reply and `PushService` acceptance wait for it);
  * - notice: a flag with a version; category: a 64-bit mask OR-ed in; message:
- *   latest-only, each write replacing the pending one and reporting it;
+ *   latest-only (each write replacing the pending one and reporting it in
+ *   `replaced`), or a bounded queue where `read` shows the head and an ack of
+ *   the head answers `remaining: true` while more wait;
  * - acks clear by version (notice, message) or by bits (category), so an ack
  *   for an older transmission never clears a newer push.
  */
 export abstract class OfflineStore {
+  /** Implementations report drops made outside a `write`'s own `replaced` (queue TTL expiry, ...). */
+  protected readonly drops$ = new Subject<StoreDrop>();
+
+  /** Messages dropped by the store itself; the dispatcher turns them into outcomes. */
+  get drops(): Observable<StoreDrop> {
+    return this.drops$.asObservable();
+  }
+
   /** Opens files/connections. Called once before use. */
   async open(): Promise<void> {}
   /** Flushes in-flight writes and releases resources. */
