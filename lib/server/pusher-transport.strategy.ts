@@ -1,0 +1,528 @@
+import { EventEmitter } from 'node:events';
+import { BlockList, createServer, isIP, type Server as NetServer, type Socket } from 'node:net';
+import { type CustomTransportStrategy, Server } from '@nestjs/microservices';
+import { PayloadTooLargeError } from '../errors/payload-too-large.error.js';
+import { PushConfigError } from '../errors/push-config.error.js';
+import type { PushSubmitter } from '../interfaces/push-submitter.interface.js';
+import { DEFAULT_MAX_CONTENT_LENGTH, MAX_U16, PusherCmd, PusherReply, type PusherTaskError } from '../protocol/protocol.constants.js';
+import type { PusherTask } from '../protocol/pusher-task.codec.js';
+import { PusherTaskStreamDecoder, type PusherTaskSink } from '../protocol/pusher-task.decoder.js';
+import { PUSHER_TRANSPORT } from '../push.constants.js';
+import type { PendingWrite } from '../store/offline-store.js';
+
+/** Options of the pusher port (TCP 9999, protocol.md section 5). */
+export interface PusherTransportOptions {
+  /** Default `'127.0.0.1'`: app servers are local unless you say otherwise (protocol.md section 7). */
+  host?: string;
+  /** Default 9999. 0 picks a free port (read it back from `strategy.port`). */
+  port?: number;
+  /** Largest 0x20 content in bytes; longer tasks get 0x01. Keep it equal to the engine's. Default 500. */
+  maxContentLength?: number;
+  /** A connection with no traffic either way for this long is closed. Default 600 s (DDPush). */
+  idleTimeoutMs?: number;
+  /** Open connections at most; further ones are destroyed at once and counted. Default 1024. */
+  maxConnections?: number;
+  /**
+   * Tasks per connection whose reply byte is not written yet. At this many the
+   * socket is paused (no more reads) until one is answered. Tasks are decoded a
+   * whole read chunk at a time, so one chunk can overshoot the limit by at most
+   * `chunkBytes / 21` tasks (a 64 KiB chunk of 0x10 tasks: ~3,120). Default 256.
+   */
+  maxPipelined?: number;
+  /**
+   * CIDR allow-list, e.g. `['127.0.0.0/8', '10.0.0.0/8', '::1/128']` (a bare
+   * address means that one host). Connections from elsewhere are destroyed at
+   * once and counted. Unset: every address that can reach `host` is allowed.
+   */
+  allow?: readonly string[];
+  /** How long `close()` waits for in-flight tasks to be stored and answered before cutting connections. Default 5 s. */
+  closeTimeoutMs?: number;
+}
+
+export type PusherTransportStatus = 'listening' | 'closed';
+
+/** Events of the pusher transport (`strategy.on(...)`). */
+export type PusherTransportEvents = {
+  error: (err: Error) => void;
+  listening: (port: number) => void;
+};
+
+/** Pusher port counters (monotonic, except the gauges noted). */
+export interface PusherTransportCounters {
+  /** Connections accepted. */
+  connections: number;
+  /** Connections refused because `maxConnections` were open. */
+  refusedLimit: number;
+  /** Connections refused by the `allow` list. */
+  refusedAllowList: number;
+  /** Tasks answered 0x00 (stored). */
+  accepted: number;
+  /** Tasks answered 0x01, per reason. */
+  malformed: Record<PusherTaskError, number>;
+  /** Tasks answered 0xff (the submitter rejected: nothing stored). */
+  errors: number;
+  /** Submits that settled after their connection was gone (the reply could not be written). */
+  unreplied: number;
+  /** Connections closed by the idle timeout. */
+  idleClosed: number;
+  /** Connections closed after a bad version byte (framing lost). */
+  protocolClosed: number;
+  /** Times a connection was paused at `maxPipelined` (or for write backpressure). */
+  pauses: number;
+  /** Highest number of unanswered tasks seen on one connection. */
+  peakPipelined: number;
+}
+
+/** One open connection, as `connectionsInfo()` reports it. */
+export interface PusherConnectionInfo {
+  address: string;
+  port: number;
+  /** Tasks read whose reply byte is not written yet. */
+  pipelined: number;
+  /** Reading is paused (pipelining limit, write backpressure, or closing). */
+  paused: boolean;
+}
+
+type ResolvedOptions = Required<Omit<PusherTransportOptions, 'allow'>> & { allow: readonly string[] | undefined };
+
+const POSITIVE_INT = ['idleTimeoutMs', 'maxConnections', 'maxPipelined', 'closeTimeoutMs'] as const;
+
+function resolve(o: PusherTransportOptions): ResolvedOptions {
+  const r: ResolvedOptions = {
+    host: o.host ?? '127.0.0.1',
+    port: o.port ?? 9999,
+    maxContentLength: o.maxContentLength ?? DEFAULT_MAX_CONTENT_LENGTH,
+    idleTimeoutMs: o.idleTimeoutMs ?? 600_000,
+    maxConnections: o.maxConnections ?? 1024,
+    maxPipelined: o.maxPipelined ?? 256,
+    allow: o.allow,
+    closeTimeoutMs: o.closeTimeoutMs ?? 5_000,
+  };
+  if (typeof r.host !== 'string' || r.host.length === 0) throw new PushConfigError('pusher.host', `expected a host name or address, got ${String(r.host)}`);
+  if (!Number.isInteger(r.port) || r.port < 0 || r.port > 65535) throw new PushConfigError('pusher.port', `expected 0..65535, got ${r.port}`);
+  if (!Number.isInteger(r.maxContentLength) || r.maxContentLength < 1 || r.maxContentLength > MAX_U16) {
+    throw new PushConfigError('pusher.maxContentLength', `expected an integer in 1..${MAX_U16} (the same as the engine's maxContentLength), got ${r.maxContentLength}`);
+  }
+  for (const k of POSITIVE_INT) {
+    if (!Number.isInteger(r[k]) || r[k] < 1) throw new PushConfigError(`pusher.${k}`, `expected a positive integer, got ${r[k]}`);
+  }
+  if (r.allow !== undefined && (!Array.isArray(r.allow) || r.allow.length === 0)) {
+    throw new PushConfigError('pusher.allow', 'expected a non-empty array of CIDRs such as "10.0.0.0/8"; omit the option to allow every address');
+  }
+  return r;
+}
+
+/** Parses the allow-list into a BlockList (used as an allow list), or throws a PushConfigError naming the bad entry. */
+function buildAllowList(cidrs: readonly string[]): BlockList {
+  const list = new BlockList();
+  for (const entry of cidrs) {
+    const bad = (why: string) => new PushConfigError('pusher.allow', `"${String(entry)}" is not a CIDR (${why}); write e.g. "10.0.0.0/8", "192.168.1.7" or "::1/128"`);
+    if (typeof entry !== 'string') throw bad('not a string');
+    const slash = entry.indexOf('/');
+    const address = slash < 0 ? entry : entry.slice(0, slash);
+    const family = isIP(address);
+    if (family === 0) throw bad('bad address');
+    const max = family === 4 ? 32 : 128;
+    const prefixText = slash < 0 ? String(max) : entry.slice(slash + 1);
+    if (!/^\d{1,3}$/.test(prefixText) || Number(prefixText) > max) throw bad(`prefix must be 0..${max}`);
+    list.addSubnet(address, Number(prefixText), family === 4 ? 'ipv4' : 'ipv6');
+  }
+  return list;
+}
+
+const MAPPED_V4 = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i;
+
+/** Pause reading when this many reply bytes sit unsent in the socket (a peer that does not read its replies). */
+const WRITE_BACKLOG_LIMIT = 64 * 1024;
+
+/** Reply slot still waiting for its submit. */
+const PENDING = -1;
+
+/**
+ * One pusher connection: decodes tasks, submits them, and writes one reply
+ * byte per task in task order, whatever order the submits settle in.
+ *
+ * Replies live in a FIFO of slots (`codes[seq - base]`); a settled submit fills
+ * its slot and the ready prefix is written in one batch on the next tick, so a
+ * burst of pipelined tasks costs one socket write, not one per task.
+ */
+class PusherConnection implements PusherTaskSink {
+  readonly decoder: PusherTaskStreamDecoder;
+  /** Reply codes of unanswered tasks; index 0 is sequence number `base`. */
+  private codes: number[] = [];
+  private head = 0;
+  private base = 0;
+  private flushScheduled = false;
+  private readPaused = false;
+  /** Bad version seen: answer what came before, then close. */
+  private fatal = false;
+  /** Closing gracefully (`close()`, or the peer half-closed): no more reads, close after the last reply. */
+  private draining = false;
+  private finished = false;
+  closed = false;
+  readonly address: string;
+  readonly port: number;
+
+  constructor(
+    readonly socket: Socket,
+    private readonly owner: PusherTransportStrategy,
+    private readonly submitter: PushSubmitter,
+    private readonly maxPipelined: number,
+    maxContent: number,
+    private readonly onIdle: () => void,
+  ) {
+    this.address = socket.remoteAddress ?? '';
+    this.port = socket.remotePort ?? 0;
+    this.decoder = new PusherTaskStreamDecoder(this, maxContent);
+  }
+
+  /** Tasks read whose reply byte is not written yet. */
+  get pipelined(): number {
+    return this.codes.length - this.head;
+  }
+
+  get paused(): boolean {
+    return this.readPaused;
+  }
+
+  onData(chunk: Buffer): void {
+    if (this.fatal || this.draining || this.closed) return;
+    this.decoder.write(chunk);
+    const n = this.pipelined;
+    if (n > this.owner.counters.peakPipelined) this.owner.counters.peakPipelined = n;
+    this.updateFlow();
+  }
+
+  // ----------------------------------------------------------- decoder sink
+
+  task(task: PusherTask): void {
+    const seq = this.base + this.codes.length;
+    this.codes.push(PENDING);
+    let p: Promise<unknown>;
+    try {
+      p = this.submitter.submit(task.uuid, toWrite(task), 'pusher');
+    } catch (err) {
+      p = Promise.reject(err);
+    }
+    p.then(
+      () => {
+        this.owner.counters.accepted++;
+        this.settle(seq, PusherReply.Accepted);
+      },
+      (err: unknown) => {
+        if (err instanceof PayloadTooLargeError) {
+          // Only when the engine's limit is below ours: still the task's fault, not the server's.
+          this.owner.counters.malformed['content-too-long']++;
+          this.settle(seq, PusherReply.Malformed);
+        } else {
+          this.owner.counters.errors++;
+          this.settle(seq, PusherReply.ServerError);
+        }
+      },
+    );
+  }
+
+  malformed(reason: PusherTaskError, fatal: boolean): void {
+    this.owner.counters.malformed[reason]++;
+    this.codes.push(PusherReply.Malformed);
+    if (fatal) {
+      // The length field of a non-v1 header means nothing: framing is lost.
+      this.fatal = true;
+      this.owner.counters.protocolClosed++;
+      this.socket.pause();
+      this.readPaused = true;
+    }
+    this.scheduleFlush();
+  }
+
+  // ---------------------------------------------------------------- replies
+
+  private settle(seq: number, code: number): void {
+    if (this.closed) {
+      this.owner.counters.unreplied++;
+      return;
+    }
+    this.codes[seq - this.base] = code;
+    if (seq - this.base === this.head) this.scheduleFlush();
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    // nextTick runs after the current promise jobs drain, so every submit that
+    // settles in this turn lands in one write.
+    process.nextTick(this.flush);
+  }
+
+  private readonly flush = (): void => {
+    this.flushScheduled = false;
+    if (this.closed) return;
+    const codes = this.codes;
+    let end = this.head;
+    while (end < codes.length && codes[end] !== PENDING) end++;
+    const n = end - this.head;
+    if (n > 0) {
+      const out = Buffer.allocUnsafe(n);
+      for (let i = 0; i < n; i++) out[i] = codes[this.head + i]!;
+      this.head = end;
+      if (this.head === codes.length) {
+        this.base += codes.length;
+        this.codes = [];
+        this.head = 0;
+      } else if (this.head >= 1024 && this.head * 2 >= codes.length) {
+        this.base += this.head;
+        this.codes = codes.slice(this.head);
+        this.head = 0;
+      }
+      this.socket.write(out);
+    }
+    if (this.pipelined === 0 && (this.fatal || this.draining)) {
+      this.finish();
+      return;
+    }
+    this.updateFlow();
+  };
+
+  /** Pauses reading at the pipelining limit or when replies back up; resumes below. */
+  updateFlow(): void {
+    if (this.closed || this.fatal || this.draining) return;
+    const stop = this.pipelined >= this.maxPipelined || this.socket.writableLength > WRITE_BACKLOG_LIMIT;
+    if (stop && !this.readPaused) {
+      this.readPaused = true;
+      this.owner.counters.pauses++;
+      this.socket.pause();
+    } else if (!stop && this.readPaused) {
+      this.readPaused = false;
+      this.socket.resume();
+    }
+  }
+
+  /** Stops reading new tasks; closes once every task read so far is answered (on `close()`, or when the peer half-closes). */
+  drain(): void {
+    if (this.closed || this.draining) return;
+    this.draining = true;
+    this.socket.pause();
+    this.readPaused = true;
+    if (this.pipelined === 0 && !this.flushScheduled) this.finish();
+  }
+
+  /** All replies written: half-close, then let the peer's FIN (or a short grace timer) end the socket. */
+  private finish(): void {
+    if (this.closed || this.finished) return;
+    this.finished = true;
+    this.socket.end();
+    // Read and drop whatever the peer still sends so its FIN is seen and the
+    // kernel does not answer unread data with a reset (which could discard replies).
+    this.socket.on('data', () => {});
+    this.socket.resume();
+    setTimeout(() => this.socket.destroy(), 1_000).unref();
+  }
+
+  timeout(): void {
+    // A connection waiting on a slow store is not idle: the reply write re-arms the timer.
+    if (this.pipelined > 0) return;
+    this.onIdle();
+  }
+
+  onClose(): void {
+    this.closed = true;
+    this.codes = [];
+    this.head = 0;
+  }
+}
+
+function toWrite(task: PusherTask): PendingWrite {
+  switch (task.cmd) {
+    case PusherCmd.Notice:
+      return { kind: 'notice' };
+    case PusherCmd.Category:
+      return { kind: 'category', mask: task.mask };
+    default:
+      return { kind: 'message', content: task.content };
+  }
+}
+
+/**
+ * The pusher port (TCP 9999) as a Nest custom transport: app servers submit
+ * push tasks and get one reply byte per task (protocol.md section 5).
+ *
+ * Every well-formed task goes through `PushSubmitter.submit(uuid, write,
+ * 'pusher')`, and 0x00 is written only once that promise resolved, i.e. once
+ * the push is stored. Connections are persistent and may pipeline; replies come
+ * back in task order even when submits settle out of order.
+ *
+ * Usable without Nest: `await new PusherTransportStrategy(engine, opts).start()`.
+ */
+export class PusherTransportStrategy extends Server<PusherTransportEvents, PusherTransportStatus> implements CustomTransportStrategy {
+  override transportId = PUSHER_TRANSPORT;
+  readonly options: ResolvedOptions;
+  readonly counters: PusherTransportCounters = {
+    connections: 0,
+    refusedLimit: 0,
+    refusedAllowList: 0,
+    accepted: 0,
+    malformed: { 'bad-version': 0, 'unknown-cmd': 0, 'bad-data-length': 0, 'content-too-long': 0 },
+    errors: 0,
+    unreplied: 0,
+    idleClosed: 0,
+    protocolClosed: 0,
+    pauses: 0,
+    peakPipelined: 0,
+  };
+  private readonly allowList: BlockList | undefined;
+  private readonly connections = new Set<PusherConnection>();
+  private readonly emitter = new EventEmitter();
+  private server: NetServer | undefined;
+  private boundPort = 0;
+
+  constructor(
+    readonly submitter: PushSubmitter,
+    options: PusherTransportOptions = {},
+  ) {
+    super();
+    if (!submitter || typeof submitter.submit !== 'function') {
+      throw new PushConfigError('pusher.submitter', 'expected a PushSubmitter (an object with submit(uuid, write, source)), e.g. the DeviceEngine');
+    }
+    this.options = resolve(options);
+    this.allowList = this.options.allow && buildAllowList(this.options.allow);
+  }
+
+  /** The bound port (useful with port 0); 0 when not listening. */
+  get port(): number {
+    return this.boundPort;
+  }
+
+  get listening(): boolean {
+    return this.boundPort !== 0;
+  }
+
+  /** Open connections (gauge). */
+  get openConnections(): number {
+    return this.connections.size;
+  }
+
+  /** Unanswered tasks over all connections (gauge). */
+  get pipelined(): number {
+    let n = 0;
+    for (const c of this.connections) n += c.pipelined;
+    return n;
+  }
+
+  connectionsInfo(): PusherConnectionInfo[] {
+    return [...this.connections].map((c) => ({ address: c.address, port: c.port, pipelined: c.pipelined, paused: c.paused }));
+  }
+
+  async listen(callback: (...optionalParams: unknown[]) => unknown): Promise<void> {
+    try {
+      await this.start();
+      callback();
+    } catch (err) {
+      callback(err);
+    }
+  }
+
+  /** Starts listening (also usable without Nest). */
+  async start(): Promise<void> {
+    if (this.server) return;
+    // allowHalfOpen: a client that sends its tasks and then shuts down its side
+    // (`printf ... | nc`) still gets every reply; we end our side after the last one.
+    const server = createServer({ noDelay: true, allowHalfOpen: true }, (socket) => this.onConnection(socket));
+    this.server = server;
+    try {
+      this.boundPort = await new Promise<number>((resolvePort, reject) => {
+        server.once('error', reject);
+        server.listen({ host: this.options.host, port: this.options.port, backlog: 1024 }, () => {
+          server.off('error', reject);
+          resolvePort((server.address() as { port: number }).port);
+        });
+      });
+    } catch (err) {
+      this.server = undefined;
+      throw err;
+    }
+    server.on('error', (err) => this.emitter.emit('error', err));
+    this._status$.next('listening');
+    this.emitter.emit('listening', this.boundPort);
+  }
+
+  private isAllowed(address: string | undefined): boolean {
+    const list = this.allowList;
+    if (!list) return true;
+    if (!address) return false;
+    const family = isIP(address);
+    if (family === 4) return list.check(address, 'ipv4');
+    if (family !== 6) return false;
+    if (list.check(address, 'ipv6')) return true;
+    const mapped = MAPPED_V4.exec(address);
+    return mapped !== null && list.check(mapped[1]!, 'ipv4');
+  }
+
+  private onConnection(socket: Socket): void {
+    if (!this.isAllowed(socket.remoteAddress)) {
+      this.counters.refusedAllowList++;
+      socket.destroy();
+      return;
+    }
+    if (this.connections.size >= this.options.maxConnections) {
+      this.counters.refusedLimit++;
+      socket.destroy();
+      return;
+    }
+    this.counters.connections++;
+    const conn = new PusherConnection(socket, this, this.submitter, this.options.maxPipelined, this.options.maxContentLength, () => {
+      this.counters.idleClosed++;
+      socket.destroy();
+    });
+    this.connections.add(conn);
+    socket.setTimeout(this.options.idleTimeoutMs, () => conn.timeout());
+    socket.on('data', (chunk: Buffer) => conn.onData(chunk));
+    socket.on('drain', () => conn.updateFlow());
+    socket.on('end', () => conn.drain());
+    socket.on('error', () => {});
+    socket.on('close', () => {
+      conn.onClose();
+      this.connections.delete(conn);
+    });
+  }
+
+  /**
+   * Graceful stop: no new connections; existing ones stop reading, their
+   * in-flight tasks are stored and answered, then they are closed. After
+   * `closeTimeoutMs` whatever is left is destroyed.
+   */
+  async close(): Promise<void> {
+    const server = this.server;
+    if (!server) return;
+    this.server = undefined;
+    const closed = new Promise<void>((r) => server.close(() => r()));
+    for (const c of this.connections) c.drain();
+    if (this.connections.size > 0) {
+      await new Promise<void>((done) => {
+        const timer = setTimeout(done, this.options.closeTimeoutMs);
+        const check = () => {
+          if (this.connections.size === 0) {
+            clearTimeout(timer);
+            done();
+          }
+        };
+        for (const c of this.connections) c.socket.once('close', () => setImmediate(check));
+        check();
+      });
+    }
+    for (const c of this.connections) c.socket.destroy();
+    await closed;
+    this.boundPort = 0;
+    this._status$.next('closed');
+  }
+
+  on<K extends keyof PusherTransportEvents>(event: K, callback: PusherTransportEvents[K]): this {
+    this.emitter.on(event, callback as (...args: any[]) => void);
+    return this;
+  }
+
+  /** The `net.Server`. */
+  unwrap<T>(): T {
+    if (!this.server) throw new Error('Pusher transport is not listening: call listen() (or app.startAllMicroservices()) first');
+    return this.server as T;
+  }
+}

@@ -1,0 +1,24 @@
+import { Module } from '@nestjs/common';
+import { PushModule } from 'nest-push';
+import { PushController } from './push.controller.js';
+import { PushHandlers } from './push.handlers.js';
+import { SAMPLE_CONFIG, SampleConfigModule } from './sample-config.module.js';
+import type { SampleConfig } from './sample.config.js';
+
+@Module({
+  imports: [
+    PushModule.forRootAsync({
+      imports: [SampleConfigModule],
+      inject: [SAMPLE_CONFIG],
+      useFactory: (c: SampleConfig) => ({
+        nodeId: c.nodeId,
+        device: { host: c.deviceHost, port: c.devicePort },
+        pusher: { host: c.pusherHost, port: c.pusherPort },
+        store: 'memory',
+      }),
+    }),
+  ],
+  controllers: [PushController],
+  providers: [PushHandlers],
+})
+export class AppModule {}

@@ -1,0 +1,402 @@
+import { connect } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { PayloadTooLargeError } from '../../lib/errors/payload-too-large.error.js';
+import { PushConfigError } from '../../lib/errors/push-config.error.js';
+import type { PushSource, PushSubmitter } from '../../lib/interfaces/push-submitter.interface.js';
+import { encodePusherTask, PusherCmd, uuidFromKey, uuidToHex } from '../../lib/protocol/index.js';
+import { PusherTransportStrategy } from '../../lib/server/pusher-transport.strategy.js';
+import type { PendingWrite } from '../../lib/store/offline-store.js';
+import { RawPusherConnection, startPusherOnly, startPusherServer, until } from '../helpers/pusher-server.js';
+
+const uuidOf = (i: number) => uuidFromKey(`user-${i}`);
+const hexOf = (i: number) => uuidToHex(uuidOf(i));
+const notice = (i: number) => encodePusherTask({ cmd: PusherCmd.Notice, uuid: uuidOf(i) });
+const message = (i: number, text: string | Buffer) => encodePusherTask({ cmd: PusherCmd.Message, uuid: uuidOf(i), content: Buffer.from(text) });
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** A real PushSubmitter whose outcome and timing each test chooses per call (call index = task order). */
+class ScriptedSubmitter implements PushSubmitter {
+  readonly calls: { uuid: string; write: PendingWrite; source: PushSource }[] = [];
+  readonly settled: number[] = [];
+  private held: (() => void)[] = [];
+  holding = false;
+
+  constructor(private readonly plan: (index: number) => { delayMs: number; fail?: Error } = () => ({ delayMs: 0 })) {}
+
+  submit(uuid: string, write: PendingWrite, source: PushSource): Promise<unknown> {
+    const index = this.calls.length;
+    this.calls.push({ uuid, write, source });
+    return new Promise((resolve, reject) => {
+      const run = () => {
+        const { delayMs, fail } = this.plan(index);
+        setTimeout(() => {
+          this.settled.push(index);
+          if (fail) reject(fail);
+          else resolve({ index });
+        }, delayMs);
+      };
+      if (this.holding) this.held.push(run);
+      else run();
+    });
+  }
+
+  /** Lets every held submit (and every later one) proceed. */
+  release(): void {
+    this.holding = false;
+    for (const run of this.held.splice(0)) run();
+  }
+}
+
+describe('pusher port (TCP 9999): protocol.md section 5', () => {
+  const cleanup: (() => unknown)[] = [];
+  afterEach(async () => {
+    for (const c of cleanup.splice(0).reverse()) await c();
+  });
+  async function server(...args: Parameters<typeof startPusherServer>) {
+    const s = await startPusherServer(...args);
+    cleanup.push(() => s.close());
+    return s;
+  }
+  async function raw(port: number) {
+    const c = await RawPusherConnection.open(port);
+    cleanup.push(() => c.destroy());
+    return c;
+  }
+
+  it('accepts and stores each task kind, replying 0x00 only once stored', async () => {
+    const s = await server();
+    const c = await raw(s.pusherPort);
+    await c.write(
+      Buffer.concat([
+        notice(1),
+        encodePusherTask({ cmd: PusherCmd.Category, uuid: uuidOf(1), mask: 0b0101n, appId: 3 }),
+        encodePusherTask({ cmd: PusherCmd.Category, uuid: uuidOf(1), mask: 0x8000000000000000n }),
+        message(1, 'hello device'),
+      ]),
+    );
+    expect(await c.waitReplies(4)).toEqual([0, 0, 0, 0]);
+    const state = await s.store.read(hexOf(1));
+    expect(state).not.toBeNull();
+    expect(state!.notice).toBeGreaterThan(0);
+    expect(state!.category).toBe(0x8000000000000005n);
+    expect(state!.message?.toString()).toBe('hello device');
+    expect(s.pusher.counters.accepted).toBe(4);
+    expect(s.engine.counters.pushes).toBe(4);
+    expect(await s.store.read(hexOf(2))).toBeNull();
+  });
+
+  it('1,000 pipelined tasks in one write: exactly 1,000 reply bytes, all 0x00, all stored', async () => {
+    const s = await server();
+    const c = await raw(s.pusherPort);
+    const tasks = Buffer.concat(Array.from({ length: 1000 }, (_, i) => message(i, `msg ${i}`)));
+    await c.write(tasks);
+    const replies = await c.waitReplies(1000);
+    expect(replies).toEqual(new Array(1000).fill(0));
+    await sleep(30);
+    expect(c.replies.length).toBe(1000);
+    expect(c.closed).toBe(false);
+    for (const i of [0, 1, 499, 998, 999]) expect((await s.store.read(hexOf(i)))?.message?.toString()).toBe(`msg ${i}`);
+    expect(s.pusher.counters.accepted).toBe(1000);
+  });
+
+  it('keeps replies in task order when submits settle out of order; a rejected submit gets 0xff at its position', async () => {
+    const N = 60;
+    const K = 17;
+    const sub = new ScriptedSubmitter((i) => ({ delayMs: (i * 7) % 13, fail: i === K ? new Error('store down') : undefined }));
+    const pusher = await startPusherOnly(sub);
+    cleanup.push(() => pusher.close());
+    const c = await raw(pusher.port);
+    const parts: Buffer[] = [];
+    for (let i = 0; i < N; i++) {
+      parts.push(message(i, `t${i}`));
+      // A malformed task (unknown cmd 0x42) after task #30: 0x01 right there, and the stream goes on.
+      if (i === 30) parts.push(Buffer.from([1, 0, 0x42, ...uuidOf(0), 0, 0]));
+    }
+    await c.write(Buffer.concat(parts));
+    const replies = await c.waitReplies(N + 1);
+    const expected: number[] = [];
+    for (let i = 0; i < N; i++) {
+      expected.push(i === K ? 0xff : 0x00);
+      if (i === 30) expected.push(0x01);
+    }
+    expect(replies).toEqual(expected);
+    // The submits really did settle out of order, and were made in task order.
+    expect(sub.settled).not.toEqual([...sub.settled].sort((a, b) => a - b));
+    expect(sub.calls.map((x) => (x.write as { content: Buffer }).content.toString())).toEqual(Array.from({ length: N }, (_, i) => `t${i}`));
+    expect(sub.calls.every((x) => x.source === 'pusher')).toBe(true);
+    expect(pusher.counters).toMatchObject({ accepted: N - 1, errors: 1 });
+    expect(pusher.counters.malformed['unknown-cmd']).toBe(1);
+  });
+
+  it('a task split across writes byte by byte is answered once, after its last byte', async () => {
+    const s = await server();
+    const c = await raw(s.pusherPort);
+    const task = message(5, 'split into 35 single-byte writes!!');
+    for (let i = 0; i < task.length - 1; i++) {
+      await c.write(task.subarray(i, i + 1));
+      await new Promise((r) => setImmediate(r));
+    }
+    await sleep(20);
+    expect(c.replies).toEqual([]);
+    await c.write(task.subarray(task.length - 1));
+    expect(await c.waitReplies(1)).toEqual([0]);
+    expect((await s.store.read(hexOf(5)))?.message?.toString()).toBe('split into 35 single-byte writes!!');
+  });
+
+  it('a client that half-closes after its tasks still gets every reply, then the server closes', async () => {
+    const sub = new ScriptedSubmitter((i) => ({ delayMs: 30 - i }));
+    const pusher = await startPusherOnly(sub);
+    cleanup.push(() => pusher.close());
+    const c = await raw(pusher.port);
+    c.socket.end(Buffer.concat([notice(1), notice(2), Buffer.from([1, 0, 0x10, ...uuidOf(3), 0, 1, 0])]));
+    await c.waitClosed();
+    expect(c.replies).toEqual([0x00, 0x00, 0x01]);
+    await until(() => pusher.openConnections === 0, 2000, 'server side closed');
+  });
+
+  it('content too long (and other bad lengths / commands) get 0x01 and the connection stays usable', async () => {
+    const s = await server();
+    const c = await raw(s.pusherPort);
+    await c.write(message(1, 'x'.repeat(501)));
+    expect(await c.waitReplies(1)).toEqual([0x01]);
+    await c.write(message(1, 'x'.repeat(500)));
+    expect(await c.waitReplies(2)).toEqual([0x01, 0x00]);
+    // 0x10 with content, 0x11 with 4 bytes, 0x20 empty, unknown cmd with a body: each skipped whole.
+    const u = [...uuidOf(2)];
+    await c.write(
+      Buffer.from([
+        ...[1, 0, 0x10, ...u, 0, 2, 0xaa, 0xbb],
+        ...[1, 0, 0x11, ...u, 0, 4, 1, 2, 3, 4],
+        ...[1, 0, 0x20, ...u, 0, 0],
+        ...[1, 0, 0x33, ...u, 0, 3, 9, 9, 9],
+        ...notice(2),
+      ]),
+    );
+    expect(await c.waitReplies(7)).toEqual([0x01, 0x00, 0x01, 0x01, 0x01, 0x01, 0x00]);
+    expect(c.closed).toBe(false);
+    expect((await s.store.read(hexOf(1)))?.message?.length).toBe(500);
+    expect(await s.store.read(hexOf(2))).toMatchObject({ category: 0n, message: null });
+    expect(s.pusher.counters.malformed).toEqual({ 'bad-version': 0, 'unknown-cmd': 1, 'bad-data-length': 3, 'content-too-long': 1 });
+  });
+
+  it('maps PayloadTooLargeError from the submitter to 0x01 (engine limit below the port limit)', async () => {
+    const s = await server({ maxContentLength: 500 }, { maxContentLength: 100 });
+    const c = await raw(s.pusherPort);
+    await c.write(Buffer.concat([message(1, 'y'.repeat(101)), message(1, 'y'.repeat(100))]));
+    expect(await c.waitReplies(2)).toEqual([0x01, 0x00]);
+    expect(s.pusher.counters.malformed['content-too-long']).toBe(1);
+    expect(s.pusher.counters.errors).toBe(0);
+  });
+
+  it('a submitter error that is not a refusal gets 0xff', async () => {
+    const failing: PushSubmitter = { submit: () => Promise.reject(new Error('disk full')) };
+    const throwing: PushSubmitter = {
+      submit: () => {
+        throw new Error('sync failure');
+      },
+    };
+    for (const sub of [failing, throwing]) {
+      const p = await startPusherOnly(sub);
+      cleanup.push(() => p.close());
+      const c = await raw(p.port);
+      await c.write(Buffer.concat([notice(1), notice(2)]));
+      expect(await c.waitReplies(2)).toEqual([0xff, 0xff]);
+      expect(p.counters.errors).toBe(2);
+    }
+    const tooLarge: PushSubmitter = { submit: () => Promise.reject(new PayloadTooLargeError(600, 500)) };
+    const p = await startPusherOnly(tooLarge);
+    cleanup.push(() => p.close());
+    const c = await raw(p.port);
+    await c.write(notice(1));
+    expect(await c.waitReplies(1)).toEqual([0x01]);
+  });
+
+  it('a bad version byte gets 0x01 after the earlier replies, then the connection closes; other connections are unaffected', async () => {
+    const s = await server();
+    const a = await raw(s.pusherPort);
+    const b = await raw(s.pusherPort);
+    const garbage = Buffer.alloc(21, 0x47); // "GGG...": version 0x47
+    await a.write(Buffer.concat([message(1, 'before'), garbage, message(1, 'after')]));
+    await a.waitClosed();
+    expect(a.replies).toEqual([0x00, 0x01]);
+    expect((await s.store.read(hexOf(1)))?.message?.toString()).toBe('before');
+    expect(s.pusher.counters).toMatchObject({ protocolClosed: 1 });
+    expect(s.pusher.counters.malformed['bad-version']).toBe(1);
+    await b.write(message(2, 'still fine'));
+    expect(await b.waitReplies(1)).toEqual([0x00]);
+    expect(b.closed).toBe(false);
+    expect((await s.store.read(hexOf(2)))?.message?.toString()).toBe('still fine');
+  });
+
+  it('allow-list: a 127.0.0.1 client is refused when only 10.0.0.0/8 is allowed, and accepted when loopback is', async () => {
+    const s = await server({ allow: ['10.0.0.0/8'] });
+    const c = await raw(s.pusherPort);
+    await c.write(notice(1)).catch(() => {});
+    await c.waitClosed();
+    expect(c.replies).toEqual([]);
+    expect(s.pusher.counters.refusedAllowList).toBe(1);
+    expect(s.pusher.counters.connections).toBe(0);
+    expect(await s.store.read(hexOf(1))).toBeNull();
+
+    const ok = await startPusherOnly(s.engine, { allow: ['10.0.0.0/8', '127.0.0.0/8', '::1/128'] });
+    cleanup.push(() => ok.close());
+    const d = await raw(ok.port);
+    await d.write(notice(1));
+    expect(await d.waitReplies(1)).toEqual([0]);
+    expect(ok.counters.refusedAllowList).toBe(0);
+  });
+
+  it('connection limit: connections beyond maxConnections are destroyed and counted', async () => {
+    const s = await server({ maxConnections: 2 });
+    const a = await raw(s.pusherPort);
+    const b = await raw(s.pusherPort);
+    await until(() => s.pusher.openConnections === 2, 2000, 'two connections');
+    const c = await raw(s.pusherPort);
+    await c.waitClosed();
+    expect(s.pusher.counters.refusedLimit).toBe(1);
+    await a.write(notice(1));
+    await b.write(notice(2));
+    expect(await a.waitReplies(1)).toEqual([0]);
+    expect(await b.waitReplies(1)).toEqual([0]);
+    a.destroy();
+    await until(() => s.pusher.openConnections === 1, 2000, 'a closed');
+    const d = await raw(s.pusherPort);
+    await d.write(notice(3));
+    expect(await d.waitReplies(1)).toEqual([0]);
+    expect(s.pusher.counters).toMatchObject({ connections: 3, refusedLimit: 1 });
+  });
+
+  it('pipelining limit: with submits held, the server stops reading at maxPipelined (+ at most one chunk) and resumes when they settle', async () => {
+    const sub = new ScriptedSubmitter();
+    sub.holding = true;
+    const maxPipelined = 8;
+    const pusher = await startPusherOnly(sub, { maxPipelined });
+    cleanup.push(() => pusher.close());
+    const c = await raw(pusher.port);
+    const N = 8_000; // 168 KB of 0x10 tasks: more than one read chunk (64 KiB)
+    const all = Buffer.concat(Array.from({ length: N }, (_, i) => notice(i % 100)));
+    c.socket.write(all);
+    await until(() => pusher.counters.pauses >= 1, 2000, 'a pause');
+    await sleep(100);
+    const oneChunk = Math.ceil(65536 / 21);
+    const [info] = pusher.connectionsInfo();
+    expect(info!.paused).toBe(true);
+    expect(info!.pipelined).toBeGreaterThanOrEqual(maxPipelined);
+    expect(info!.pipelined).toBeLessThanOrEqual(maxPipelined + oneChunk);
+    expect(pusher.counters.peakPipelined).toBeLessThanOrEqual(maxPipelined + oneChunk);
+    expect(sub.calls.length).toBe(info!.pipelined);
+    expect(sub.calls.length).toBeLessThan(N);
+    expect(c.replies).toEqual([]);
+    // Stays paused: nothing more is read while the submits are held.
+    await sleep(50);
+    expect(sub.calls.length).toBe(info!.pipelined);
+
+    sub.release();
+    const replies = await c.waitReplies(N, 10_000);
+    expect(replies.every((r) => r === 0)).toBe(true);
+    expect(sub.calls.length).toBe(N);
+    expect(pusher.counters.peakPipelined).toBeLessThanOrEqual(maxPipelined + oneChunk);
+    expect(pusher.counters.pauses).toBeGreaterThan(1);
+    expect(pusher.connectionsInfo()[0]!.paused).toBe(false);
+  });
+
+  it('closes idle connections and counts them', async () => {
+    const s = await server({ idleTimeoutMs: 80 });
+    const c = await raw(s.pusherPort);
+    await c.write(notice(1));
+    expect(await c.waitReplies(1)).toEqual([0]);
+    await c.waitClosed(2000);
+    expect(s.pusher.counters.idleClosed).toBe(1);
+  });
+
+  it('graceful close(): stops accepting, answers in-flight tasks, then closes the connections', async () => {
+    const sub = new ScriptedSubmitter(() => ({ delayMs: 150 }));
+    const pusher = await startPusherOnly(sub);
+    const port = pusher.port;
+    const c = await raw(port);
+    await c.write(Buffer.concat(Array.from({ length: 10 }, (_, i) => notice(i))));
+    await until(() => sub.calls.length === 10, 2000, 'ten submits');
+    const t0 = Date.now();
+    const closing = pusher.close();
+    // New connections are refused at once.
+    await expect(
+      new Promise((resolve, reject) => {
+        const s = connect({ host: '127.0.0.1', port });
+        s.on('connect', () => resolve(s.destroy()));
+        s.on('error', reject);
+      }),
+    ).rejects.toMatchObject({ code: 'ECONNREFUSED' });
+    await closing;
+    expect(Date.now() - t0).toBeLessThan(1500);
+    expect(c.replies).toEqual(new Array(10).fill(0));
+    await c.waitClosed(1000);
+    expect(pusher.listening).toBe(false);
+    expect(pusher.counters.unreplied).toBe(0);
+  });
+
+  it('close() gives up on submits that never settle after closeTimeoutMs', async () => {
+    const sub = new ScriptedSubmitter();
+    sub.holding = true;
+    const pusher = await startPusherOnly(sub, { closeTimeoutMs: 200 });
+    const c = await raw(pusher.port);
+    await c.write(notice(1));
+    await until(() => sub.calls.length === 1, 2000, 'a submit');
+    const t0 = Date.now();
+    await pusher.close();
+    const took = Date.now() - t0;
+    expect(took).toBeGreaterThanOrEqual(190);
+    expect(took).toBeLessThan(1000);
+    await c.waitClosed(1000);
+    expect(c.replies).toEqual([]);
+  });
+
+  it('validates every option with a PushConfigError naming it', () => {
+    const sub: PushSubmitter = { submit: async () => undefined };
+    const bad: [Record<string, unknown>, string][] = [
+      [{ port: -1 }, 'pusher.port'],
+      [{ port: 70000 }, 'pusher.port'],
+      [{ host: '' }, 'pusher.host'],
+      [{ maxContentLength: 0 }, 'pusher.maxContentLength'],
+      [{ maxContentLength: 70000 }, 'pusher.maxContentLength'],
+      [{ idleTimeoutMs: 0 }, 'pusher.idleTimeoutMs'],
+      [{ maxConnections: 1.5 }, 'pusher.maxConnections'],
+      [{ maxPipelined: 0 }, 'pusher.maxPipelined'],
+      [{ closeTimeoutMs: -5 }, 'pusher.closeTimeoutMs'],
+      [{ allow: [] }, 'pusher.allow'],
+      [{ allow: ['nonsense'] }, 'pusher.allow'],
+      [{ allow: ['10.0.0.0/33'] }, 'pusher.allow'],
+      [{ allow: ['::1/129'] }, 'pusher.allow'],
+      [{ allow: ['10.0.0.0/-1'] }, 'pusher.allow'],
+    ];
+    for (const [options, option] of bad) {
+      let err: unknown;
+      try {
+        new PusherTransportStrategy(sub, options);
+      } catch (e) {
+        err = e;
+      }
+      expect(err, JSON.stringify(options)).toBeInstanceOf(PushConfigError);
+      expect((err as PushConfigError).option).toBe(option);
+      expect((err as Error).message).toContain(option);
+    }
+    const ok = new PusherTransportStrategy(sub, { allow: ['10.0.0.0/8', '192.168.1.7', '::1/128', 'fd00::/8'] });
+    expect(ok.options).toMatchObject({ host: '127.0.0.1', port: 9999, maxContentLength: 500, idleTimeoutMs: 600_000, maxConnections: 1024, maxPipelined: 256 });
+    expect(() => new PusherTransportStrategy(undefined as unknown as PushSubmitter)).toThrow(PushConfigError);
+  });
+
+  it('Nest transport surface: status events, unwrap, listen callback', async () => {
+    const sub: PushSubmitter = { submit: async () => undefined };
+    const p = new PusherTransportStrategy(sub, { port: 0 });
+    const statuses: string[] = [];
+    p.status.subscribe((st) => statuses.push(st));
+    expect(() => p.unwrap()).toThrow(/not listening/);
+    let listened: number | undefined;
+    p.on('listening', (port) => (listened = port));
+    await new Promise<void>((resolve, reject) => p.listen((err?: unknown) => (err ? reject(err) : resolve())));
+    expect(listened).toBe(p.port);
+    expect(p.port).toBeGreaterThan(0);
+    expect(typeof p.unwrap<{ address(): unknown }>().address).toBe('function');
+    await p.close();
+    expect(statuses).toEqual(['listening', 'closed']);
+  });
+});
