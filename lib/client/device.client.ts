@@ -194,8 +194,10 @@ export class DeviceClient {
         MAX_U16,
       );
       let settled = false;
+      let connected = false;
       socket.on('connect', () => {
         settled = true;
+        connected = true;
         this.backoff = this.opts.reconnectInitialDelayMs;
         this.status$.next('connected');
         resolve();
@@ -211,7 +213,9 @@ export class DeviceClient {
         if (this.tcp === socket) this.tcp = undefined;
         if (this.closed) return;
         this.status$.next('disconnected');
-        this.scheduleReconnect();
+        // A socket that never connected is a failed connect(): its caller (or
+        // the reconnect loop) has the error and decides whether to retry.
+        if (connected) this.scheduleReconnect();
       });
     });
   }

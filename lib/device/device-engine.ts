@@ -5,7 +5,7 @@ import type { PushSource, PushSubmitter } from '../interfaces/push-submitter.int
 import { type ClientFrame } from '../protocol/client-frame.codec.js';
 import { ClientCmd, type ClientFrameError } from '../protocol/protocol.constants.js';
 import { encodeCategory, encodeHeartbeatEcho, encodeMessage, encodeNotice } from '../protocol/server-frame.codec.js';
-import { uuidFromHex, uuidToHex } from '../protocol/uuid.util.js';
+import { normalizeUuid, uuidFromHex, uuidToHex } from '../protocol/uuid.util.js';
 import type { DeviceRoute, LocalRouteSource, PushRouter } from '../router/push-router.js';
 import type { OfflineStore, PendingState, PendingWrite, WriteResult } from '../store/offline-store.js';
 import type { DeviceDropReason, DeviceEvent, OfflineReason } from './device-event.interface.js';
@@ -240,6 +240,10 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
       if (wasOnline) this.markOffline(id, 'tcp-closed', now);
       wasOnline = false;
     }
+    // lastSeen now dates a TCP heartbeat: the UDP address (if any) is only as
+    // fresh as a UDP heartbeat after this one, so it must not look reachable
+    // once the link closes (protocol.md 6.1: "its last UDP heartbeat is recent").
+    t.flags[id]! &= ~DeviceFlag.HasUdp;
     t.lastSeen[id] = now;
     t.appId[id] = frame.appId;
     this.afterHeartbeat(id, now, wasOnline, false, 'tcp');
@@ -492,8 +496,18 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
    * push; rejects (storing nothing) on an oversized message or a store error.
    */
   async push(uuid: string, write: PendingWrite): Promise<PushDispatch> {
+    // Store keys are lowercase hex: an upper-case or malformed uuid must not be
+    // stored under a key the device's heartbeat never reads.
+    uuid = normalizeUuid(uuid);
+    if (write.kind === 'message' && write.content.length === 0) {
+      throw new RangeError('Message content is empty: a 0x20 message carries 1..maxContentLength bytes');
+    }
     if (write.kind === 'message' && write.content.length > this.options.maxContentLength) {
       throw new PayloadTooLargeError(write.content.length, this.options.maxContentLength);
+    }
+    // A zero mask would be stored and sent for nothing, and never acked away.
+    if (write.kind === 'category' && (write.mask <= 0n || write.mask >= 1n << 64n)) {
+      throw new RangeError(`Category mask must be a non-zero 64-bit value, got ${write.mask}`);
     }
     this.counters.pushes++;
     const result = await this.store.write(uuid, write);
@@ -521,6 +535,17 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
     return this.push(uuid, write);
   }
 
+  /**
+   * Transmits whatever is pending for a device held here, now (a cluster peer
+   * stored a push for it). False when the device is not reachable here.
+   */
+  deliver(uuid: string): boolean {
+    const id = this.table.find(uuidFromHex(uuid), 0);
+    if (id < 0 || !(this.links.has(id) || this.udpReachable(id, Date.now()))) return false;
+    this.load(id, uuid, false);
+    return true;
+  }
+
   // ------------------------------------------------------------------ queries
 
   localRoute(uuid: string): DeviceRoute | null {
@@ -539,6 +564,7 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
 
   /** The DDPush console's per-device status. */
   async inspect(uuid: string): Promise<DeviceInspection | null> {
+    uuid = normalizeUuid(uuid);
     const pending = await this.store.read(uuid);
     const id = this.table.find(uuidFromHex(uuid), 0);
     if (id < 0) {

@@ -289,6 +289,8 @@ export function failureReason(err: unknown): string {
   if (err instanceof OfflineStoreFullError) return 'store-full';
   if (err instanceof PermitQueueFullError) return 'overloaded';
   if (err instanceof InvalidUuidError) return 'invalid-uuid';
+  // The engine's own checks (empty message, zero mask) throw RangeError.
+  if (err instanceof RangeError) return 'invalid-payload';
   return 'store-error';
 }
 

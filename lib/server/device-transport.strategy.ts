@@ -156,6 +156,13 @@ export class DeviceTransportStrategy extends Server<DeviceTransportEvents, Devic
     this.emitter.emit('listening', this.boundPort);
   }
 
+  // EventEmitter throws an 'error' event nobody listens to: with no listener,
+  // log it instead, so a socket error never takes the server down.
+  private readonly onSocketError = (err: Error): void => {
+    if (this.emitter.listenerCount('error') > 0) this.emitter.emit('error', err);
+    else this.logger.error(`Device transport socket error: ${err.message}`, err.stack);
+  };
+
   private readonly onSendDone = (err: Error | null): void => {
     if (err) this.counters.sendErrors++;
   };
@@ -163,7 +170,7 @@ export class DeviceTransportStrategy extends Server<DeviceTransportEvents, Devic
   private startTcp(host: string, port: number): Promise<number> {
     const server = createServer({ noDelay: true, pauseOnConnect: false }, (socket) => this.onConnection(socket));
     this.tcp = server;
-    server.on('error', (err) => this.emitter.emit('error', err));
+    server.on('error', this.onSocketError);
     return new Promise((resolvePort, reject) => {
       server.once('error', reject);
       server.listen({ host, port, backlog: 4096 }, () => {
@@ -187,7 +194,7 @@ export class DeviceTransportStrategy extends Server<DeviceTransportEvents, Devic
       else this.engine.handleUdp(r, rinfo.address, rinfo.port);
     });
     // An ICMP-unreachable or a send error must never take the server down.
-    socket.on('error', (err) => this.emitter.emit('error', err));
+    socket.on('error', this.onSocketError);
     return new Promise((resolvePort, reject) => {
       socket.once('error', reject);
       socket.bind({ address: host, port, exclusive: true }, () => {

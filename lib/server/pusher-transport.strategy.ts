@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import { BlockList, createServer, isIP, type Server as NetServer, type Socket } from 'node:net';
 import { type CustomTransportStrategy, Server } from '@nestjs/microservices';
 import { PayloadTooLargeError } from '../errors/payload-too-large.error.js';
+import { PushFailedError } from '../errors/push-failed.error.js';
 import { PushConfigError } from '../errors/push-config.error.js';
 import type { PushSubmitter } from '../interfaces/push-submitter.interface.js';
 import { DEFAULT_MAX_CONTENT_LENGTH, MAX_U16, PusherCmd, PusherReply, type PusherTaskError } from '../protocol/protocol.constants.js';
@@ -210,7 +211,7 @@ class PusherConnection implements PusherTaskSink {
         this.settle(seq, PusherReply.Accepted);
       },
       (err: unknown) => {
-        if (err instanceof PayloadTooLargeError) {
+        if (err instanceof PayloadTooLargeError || (err instanceof PushFailedError && err.isRequestFault)) {
           // Only when the engine's limit is below ours: still the task's fault, not the server's.
           this.owner.counters.malformed['content-too-long']++;
           this.settle(seq, PusherReply.Malformed);
