@@ -1,5 +1,6 @@
 import { Inject, Logger, Module, type OnApplicationShutdown, type Provider, Injectable } from '@nestjs/common';
 import { DiscoveryModule, ModuleRef } from '@nestjs/core';
+import { PushCluster } from './cluster/push-cluster.js';
 import { DeviceEngine } from './device/device-engine.js';
 import { PushDispatcher } from './dispatch/push-dispatcher.js';
 import type { PushModuleOptions } from './interfaces/push-module-options.interface.js';
@@ -20,7 +21,8 @@ export const PUSH_OPTIONS = Symbol.for('nest-push:options');
 async function createStore(options: PushModuleOptions, moduleRef: ModuleRef): Promise<OfflineStore> {
   const s = options.store;
   let store: OfflineStore;
-  if (s instanceof OfflineStore) store = s;
+  if (options.cluster) store = await options.cluster.createStore(nodeIdOf(options));
+  else if (s instanceof OfflineStore) store = s;
   else if (typeof s === 'function') store = await moduleRef.create(s);
   else if (s && typeof s === 'object' && 'type' in s) store = new MemoryOfflineStore(s.options);
   else store = new MemoryOfflineStore();
@@ -31,10 +33,15 @@ async function createStore(options: PushModuleOptions, moduleRef: ModuleRef): Pr
 }
 
 async function createRouter(options: PushModuleOptions, moduleRef: ModuleRef): Promise<PushRouter> {
+  if (options.cluster) return options.cluster.createRouter(nodeIdOf(options));
   const r = options.router;
   if (r instanceof PushRouter) return r;
   if (typeof r === 'function') return moduleRef.create(r);
   return new LocalPushRouter();
+}
+
+function nodeIdOf(options: PushModuleOptions): string {
+  return options.nodeId ?? 'local';
 }
 
 /**
@@ -52,6 +59,7 @@ export class PushLifecycle implements OnApplicationShutdown {
     private readonly store: OfflineStore,
     @Inject(DeviceTransportStrategy) private readonly device: DeviceTransportStrategy | null,
     @Inject(PusherTransportStrategy) private readonly pusher: PusherTransportStrategy | null,
+    @Inject(PushCluster) private readonly cluster: PushCluster | null,
   ) {}
 
   async onApplicationShutdown(): Promise<void> {
@@ -60,6 +68,7 @@ export class PushLifecycle implements OnApplicationShutdown {
       await this.device?.close();
       this.dispatcher.close();
       this.engine.close();
+      await this.cluster?.close();
     } finally {
       await this.store.close();
       this.logger.log('push transports closed, store flushed');
@@ -84,9 +93,16 @@ const providers: Provider[] = [
     inject: [PUSH_OPTIONS, OfflineStore, PushRouter],
   },
   {
+    provide: PushCluster,
+    useFactory: async (options: PushModuleOptions, engine: DeviceEngine, store: OfflineStore, router: PushRouter) =>
+      options.cluster ? options.cluster.createCluster({ nodeId: engine.nodeId, engine, store, router }) : null,
+    inject: [PUSH_OPTIONS, DeviceEngine, OfflineStore, PushRouter],
+  },
+  {
     provide: PushDispatcher,
-    useFactory: (options: PushModuleOptions, engine: DeviceEngine, store: OfflineStore) => new PushDispatcher(engine, store, options.send),
-    inject: [PUSH_OPTIONS, DeviceEngine, OfflineStore],
+    useFactory: (options: PushModuleOptions, engine: DeviceEngine, store: OfflineStore, cluster: PushCluster | null) =>
+      new PushDispatcher(engine, store, options.send, cluster),
+    inject: [PUSH_OPTIONS, DeviceEngine, OfflineStore, PushCluster],
   },
   {
     provide: DeviceTransportStrategy,
@@ -121,6 +137,6 @@ const providers: Provider[] = [
 @Module({
   imports: [DiscoveryModule],
   providers,
-  exports: [PushService, OfflineStore, PushRouter, DeviceEngine, PushDispatcher, DeviceTransportStrategy, PusherTransportStrategy, PUSH_OPTIONS],
+  exports: [PushService, OfflineStore, PushRouter, PushCluster, DeviceEngine, PushDispatcher, DeviceTransportStrategy, PusherTransportStrategy, PUSH_OPTIONS],
 })
 export class PushModule extends PushConfigurableModule {}

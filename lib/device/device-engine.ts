@@ -31,6 +31,8 @@ export interface UdpSink {
 
 /** What `push` did. */
 export interface PushDispatch extends WriteResult {
+  /** The device uuid, normalised (lowercase hex). */
+  uuid: string;
   /** Transport the frame went out on at once, or null (device offline, or its UDP reply budget spent). */
   sentVia: DeviceTransportKind | null;
   /** The device is registered here and reachable. */
@@ -513,12 +515,12 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
     const result = await this.store.write(uuid, write);
     const key = uuidFromHex(uuid);
     const id = this.table.find(key, 0);
-    if (id < 0) return { ...result, sentVia: null, reachable: false };
+    if (id < 0) return { ...result, uuid, sentVia: null, reachable: false };
     this.table.flags[id]! |= KIND_FLAG[write.kind];
     const now = Date.now();
     const reachable = this.links.has(id) || this.udpReachable(id, now);
     // A queued message behind an unacked one waits for that ack (see handleAck).
-    if (!reachable || !result.head) return { ...result, sentVia: null, reachable };
+    if (!reachable || !result.head) return { ...result, uuid, sentVia: null, reachable };
     const appId = this.table.appId[id]!;
     const frame =
       write.kind === 'notice'
@@ -527,7 +529,7 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
           ? encodeCategory(appId, result.mask ?? write.mask)
           : encodeMessage(appId, write.content);
     const sent = this.sendKind(id, uuid, write.kind, result.version, frame, false);
-    return { ...result, sentVia: sent ? (this.links.has(id) ? 'tcp' : 'udp') : null, reachable };
+    return { ...result, uuid, sentVia: sent ? (this.links.has(id) ? 'tcp' : 'udp') : null, reachable };
   }
 
   /** `PushSubmitter`: the engine alone (no outcome tracking) accepts a push by storing and sending it. */

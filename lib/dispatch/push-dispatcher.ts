@@ -8,6 +8,7 @@ import type { PushOutcome, PushStatus } from '../interfaces/push-outcome.interfa
 import type { PushSource, PushSubmitter } from '../interfaces/push-submitter.interface.js';
 import { InvalidUuidError } from '../protocol/uuid.util.js';
 import { type OfflineStore, OfflineStoreFullError, type PendingWrite, type StoreDrop } from '../store/offline-store.js';
+import type { PushCluster } from '../cluster/push-cluster.js';
 import { type Deadline, DeadlineQueue } from './deadline-queue.js';
 import { PermitPool, PermitQueueFullError } from './permit-pool.js';
 
@@ -44,6 +45,9 @@ interface Waiter extends Deadline {
   accepted: number;
   sent: number | undefined;
   transport: DeviceTransportKind | undefined;
+  /** Another node transmits it (cluster gateway). */
+  node: string;
+  remote: boolean;
   resolve: (o: PushOutcome) => void;
 }
 
@@ -67,11 +71,14 @@ export class PushDispatcher implements PushSubmitter {
     readonly engine: DeviceEngine,
     store: OfflineStore,
     options: PushDispatcherOptions = {},
+    private readonly cluster?: PushCluster | null,
   ) {
     this.timeoutMs = options.timeoutMs ?? 3000;
     this.permits = new PermitPool(options.maxInFlight ?? 100_000, options.maxQueued ?? 10_000);
     this.sub = engine.events.subscribe((e) => this.onEvent(e));
     this.sub.add(store.drops.subscribe((d) => this.onStoreDrop(d)));
+    // Peers forward the sent/ack events of pushes we delivered through them.
+    if (cluster) this.sub.add(cluster.events.subscribe((e) => this.onEvent(e)));
   }
 
   /** Every outcome, of every push from every source. */
@@ -108,11 +115,23 @@ export class PushDispatcher implements PushSubmitter {
       return this.publish(failure(uuid, kind, options.source, err));
     }
     const now = Date.now();
+    uuid = d.uuid;
     onAccepted?.(d);
     if (d.replaced) this.settleVersion(uuid, 'message', d.replaced, 'replaced', now);
     const ackMode = options.ack ?? 'device';
-    const base = { uuid, kind, version: d.version, source: options.source, node: this.engine.nodeId };
-    if (!d.reachable) {
+    let node = this.engine.nodeId;
+    let remote = false;
+    if (!d.reachable && this.cluster) {
+      // Not held here: if a live peer holds it, that peer transmits it now.
+      const holder = await this.cluster.locate(uuid).catch(() => null);
+      if (holder) {
+        node = holder;
+        remote = true;
+        this.cluster.deliver(holder, { uuid, kind, version: d.version, origin: this.engine.nodeId });
+      }
+    }
+    const base = { uuid, kind, version: d.version, source: options.source, node };
+    if (!d.reachable && !remote) {
       this.permits.release();
       return this.publish({ ...base, status: 'offline', timeline: { accepted: now } });
     }
@@ -131,6 +150,8 @@ export class PushDispatcher implements PushSubmitter {
         accepted: now,
         sent: d.sentVia ? now : undefined,
         transport: d.sentVia ?? undefined,
+        node,
+        remote,
         deadline: now + (options.timeoutMs ?? this.timeoutMs),
         settled: false,
         resolve,
@@ -245,8 +266,11 @@ export class PushDispatcher implements PushSubmitter {
 
   private expire(w: Waiter): void {
     // Sent but unacked is a timeout (still pending); never sent (reply budget
-    // spent, or the link dropped) means it waits for the next heartbeat.
-    this.settle(w, w.sent !== undefined ? 'timeout' : 'offline', Date.now());
+    // spent, or the link dropped) means it waits for the next heartbeat. A
+    // peer that never answered (it may have died mid-push) is a timeout too:
+    // the push is in the shared store for the device's next heartbeat anywhere.
+    if (w.remote && w.sent === undefined) this.settle(w, 'timeout', Date.now(), undefined, 'node-unresponsive');
+    else this.settle(w, w.sent !== undefined ? 'timeout' : 'offline', Date.now());
   }
 
   private settle(w: Waiter, status: PushStatus, now: number, acked?: number, reason?: string): void {
@@ -265,7 +289,7 @@ export class PushDispatcher implements PushSubmitter {
       kind: w.kind,
       version: w.version,
       source: w.source,
-      node: this.engine.nodeId,
+      node: w.node,
       timeline: { accepted: w.accepted },
     };
     if (reason) outcome.reason = reason;

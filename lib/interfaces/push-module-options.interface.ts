@@ -1,4 +1,5 @@
 import type { Type } from '@nestjs/common';
+import type { PushClusterPlugin } from '../cluster/push-cluster.js';
 import type { DeviceEngineOptions } from '../device/device-engine.options.js';
 import type { PushDispatcherOptions } from '../dispatch/push-dispatcher.js';
 import type { PushRouter } from '../router/push-router.js';
@@ -33,4 +34,10 @@ export interface PushModuleOptions extends DeviceEngineOptions {
   store?: PushStoreOption;
   /** Router. Default: `LocalPushRouter` (single node). A class is instantiated with DI. */
   router?: Type<PushRouter> | PushRouter;
+  /**
+   * Cluster mode: e.g. `redisCluster({ url, keyPrefix })` from `nest-push/redis`.
+   * It supplies the shared store and router (so `store`/`router` must be unset)
+   * and the link to peer nodes. `nodeId` names this node (must be unique).
+   */
+  cluster?: PushClusterPlugin;
 }
