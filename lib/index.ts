@@ -25,3 +25,4 @@ export * from './decorators/push-handler.decorator.js';
 export type { PushModuleOptions, PushStoreOption } from './interfaces/push-module-options.interface.js';
 export type { PushOutcome, PushStatus } from './interfaces/push-outcome.interface.js';
 export type { PushRequest, PushTargets, PushPayload, PushSendOptions } from './interfaces/push-request.interface.js';
+export { PushCluster, type ClusterDelivery, type PushClusterPlugin, type PushClusterContext } from './cluster/push-cluster.js';

@@ -27,6 +27,8 @@ export interface PushStats {
 }
 
 const U64_MAX = (1n << 64n) - 1n;
+/** Longest timer Node can arm (2^31 - 1 ms, ~24.8 days). */
+const MAX_TIMEOUT_MS = 2_147_483_647;
 const BROADCAST_BATCH = 1024;
 
 /**
@@ -68,6 +70,7 @@ export class PushService {
       try {
         targets = this.targetsOf(request, signal);
         write = this.encode(request);
+        checkSendOptions(request);
       } catch (err) {
         subscriber.error(err);
         return;
@@ -239,6 +242,17 @@ export class PushService {
       });
       for (const uuid of batch) yield uuid;
     }
+  }
+}
+
+/** `timeout` and `ack` must make sense, or the push would never settle (a NaN deadline never expires). */
+function checkSendOptions(r: PushRequest): void {
+  const t = r.timeout;
+  if (t !== undefined && (typeof t !== 'number' || !Number.isFinite(t) || t <= 0 || t > MAX_TIMEOUT_MS)) {
+    throw new PushRequestError(`timeout must be a number of ms in (0, ${MAX_TIMEOUT_MS}], got ${String(t)}`);
+  }
+  if (r.ack !== undefined && r.ack !== 'device' && r.ack !== 'none') {
+    throw new PushRequestError(`ack must be 'device' or 'none', got ${String(r.ack)}`);
   }
 }
 
