@@ -41,6 +41,16 @@ const DEVICE_KEYS: Record<keyof NonNullable<PushModuleOptions['device']>, true> 
   udpRecvBufferSize: true,
   udpSendBufferSize: true,
 };
+const PUSHER_KEYS: Record<keyof NonNullable<PushModuleOptions['pusher']>, true> = {
+  enabled: true,
+  host: true,
+  port: true,
+  idleTimeoutMs: true,
+  maxConnections: true,
+  maxPipelined: true,
+  allow: true,
+  closeTimeoutMs: true,
+};
 
 function int(name: string, v: unknown, min: number, max = Number.MAX_SAFE_INTEGER): void {
   if (v !== undefined && (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max)) {
@@ -69,6 +79,7 @@ export function validatePushModuleOptions(options: PushModuleOptions): PushModul
   resolveDeviceEngineOptions(options as DeviceEngineOptions);
   knownKeys('send', options.send, SEND_KEYS);
   knownKeys('device', options.device, DEVICE_KEYS);
+  knownKeys('pusher', options.pusher, PUSHER_KEYS);
   const send = options.send ?? {};
   // Node timers cannot be armed for longer (a longer one fires after 1 ms).
   int('send.timeoutMs', send.timeoutMs, 1, 2_147_483_647);

@@ -1,5 +1,6 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { Observable, lastValueFrom, toArray } from 'rxjs';
+import { PushCluster } from './cluster/push-cluster.js';
 import { DeviceEngine, type DeviceInspection } from './device/device-engine.js';
 import type { DeviceEvent } from './device/device-event.interface.js';
 import { PushDispatcher } from './dispatch/push-dispatcher.js';
@@ -55,6 +56,7 @@ export class PushService {
     private readonly dispatcher: PushDispatcher,
     private readonly store: OfflineStore,
     @Inject(PUSH_MODULE_OPTIONS) options: PushModuleOptions,
+    @Inject(PushCluster) private readonly cluster: PushCluster | null,
   ) {
     this.limiter = new RateLimiter(options.send?.broadcastRate ?? 3000);
     this.tags = new TagIndex(options.send?.maxTagEntries ?? 1_000_000);
@@ -229,7 +231,8 @@ export class PushService {
       // Tag sets are bounded by maxTagEntries; walk them instead of the whole table.
       for (const uuid of this.tags.members(tags)) {
         if (signal.aborted) return;
-        if (this.engine.localRoute(uuid) && keep(uuid)) yield uuid;
+        if (!keep(uuid)) continue;
+        if (this.engine.localRoute(uuid) || (this.cluster && (await this.cluster.locate(uuid).catch(() => null)))) yield uuid;
       }
       return;
     }
@@ -241,6 +244,14 @@ export class PushService {
         if (keep(uuid)) batch.push(uuid);
       });
       for (const uuid of batch) yield uuid;
+    }
+    // In a cluster, devices online on other nodes too; each goes through the
+    // normal path (shared store, then the holder node transmits it).
+    if (this.cluster && !signal.aborted) {
+      for await (const uuid of this.cluster.remoteOnline(signal)) {
+        if (signal.aborted) return;
+        if (keep(uuid)) yield uuid;
+      }
     }
   }
 }

@@ -134,6 +134,8 @@ describe('invalid options fail at startup with a PushConfigError naming the opti
     ['send.timeoutMs beyond what a timer can wait', { send: { timeoutMs: 2 ** 31 } }, 'send.timeoutMs'],
     ['a typo inside send', { send: { maxInflight: 2 } }, 'send.maxInflight'],
     ['a typo inside device', { device: { prot: 9966 } }, 'device.prot'],
+    ['a typo inside pusher', { pusher: { prot: 9999 } }, 'pusher.prot'],
+    ['a pipelining limit of 0', { pusher: { maxPipelined: 0 } }, 'pusher.maxPipelined'],
     ['a device port out of range', { device: { port: 70_000 } }, 'device.port'],
     ['an unknown store type', { store: { type: 'redis' } }, 'store.type'],
   ];
