@@ -5,7 +5,7 @@ import type { PushSource, PushSubmitter } from '../interfaces/push-submitter.int
 import { type ClientFrame } from '../protocol/client-frame.codec.js';
 import { ClientCmd, type ClientFrameError } from '../protocol/protocol.constants.js';
 import { encodeCategory, encodeHeartbeatEcho, encodeMessage, encodeNotice } from '../protocol/server-frame.codec.js';
-import { normalizeUuid, uuidFromHex, uuidToHex } from '../protocol/uuid.util.js';
+import { normalizeUuid, uuidToHex } from '../protocol/uuid.util.js';
 import type { DeviceRoute, LocalRouteSource, PushRouter } from '../router/push-router.js';
 import type { OfflineStore, PendingState, PendingWrite, WriteResult } from '../store/offline-store.js';
 import type { DeviceDropReason, DeviceEvent, OfflineReason } from './device-event.interface.js';
@@ -100,6 +100,7 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
   private udp: UdpSink | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
   private sweepCursor = 0;
+  private readonly keyScratch = Buffer.allocUnsafe(16);
 
   constructor(
     private readonly store: OfflineStore,
@@ -512,15 +513,19 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
       throw new RangeError(`Category mask must be a non-zero 64-bit value, got ${write.mask}`);
     }
     this.counters.pushes++;
-    const result = await this.store.write(uuid, write);
-    const key = uuidFromHex(uuid);
-    const id = this.table.find(key, 0);
-    if (id < 0) return { ...result, uuid, sentVia: null, reachable: false };
+    // The store's result object is ours: extend it rather than copy it.
+    const d = (await this.store.write(uuid, write)) as PushDispatch;
+    d.uuid = uuid;
+    d.sentVia = null;
+    d.reachable = false;
+    const id = this.findHex(uuid);
+    if (id < 0) return d;
     this.table.flags[id]! |= KIND_FLAG[write.kind];
     const now = Date.now();
-    const reachable = this.links.has(id) || this.udpReachable(id, now);
+    d.reachable = this.links.has(id) || this.udpReachable(id, now);
     // A queued message behind an unacked one waits for that ack (see handleAck).
-    if (!reachable || !result.head) return { ...result, uuid, sentVia: null, reachable };
+    if (!d.reachable || !d.head) return d;
+    const result = d;
     const appId = this.table.appId[id]!;
     const frame =
       write.kind === 'notice'
@@ -528,8 +533,14 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
         : write.kind === 'category'
           ? encodeCategory(appId, result.mask ?? write.mask)
           : encodeMessage(appId, write.content);
-    const sent = this.sendKind(id, uuid, write.kind, result.version, frame, false);
-    return { ...result, uuid, sentVia: sent ? (this.links.has(id) ? 'tcp' : 'udp') : null, reachable };
+    if (this.sendKind(id, uuid, write.kind, result.version, frame, false)) d.sentVia = this.links.has(id) ? 'tcp' : 'udp';
+    return d;
+  }
+
+  /** Record id for a normalised hex uuid, decoded into a scratch buffer (no allocation). */
+  private findHex(uuid: string): number {
+    this.keyScratch.write(uuid, 0, 16, 'hex');
+    return this.table.find(this.keyScratch, 0);
   }
 
   /** `PushSubmitter`: the engine alone (no outcome tracking) accepts a push by storing and sending it. */
@@ -542,7 +553,7 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
    * stored a push for it). False when the device is not reachable here.
    */
   deliver(uuid: string): boolean {
-    const id = this.table.find(uuidFromHex(uuid), 0);
+    const id = this.findHex(normalizeUuid(uuid));
     if (id < 0 || !(this.links.has(id) || this.udpReachable(id, Date.now()))) return false;
     this.load(id, uuid, false);
     return true;
@@ -551,7 +562,7 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
   // ------------------------------------------------------------------ queries
 
   localRoute(uuid: string): DeviceRoute | null {
-    const id = this.table.find(uuidFromHex(uuid), 0);
+    const id = this.findHex(normalizeUuid(uuid));
     return id < 0 ? null : this.routeOf(id, Date.now());
   }
 
@@ -568,7 +579,7 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
   async inspect(uuid: string): Promise<DeviceInspection | null> {
     uuid = normalizeUuid(uuid);
     const pending = await this.store.read(uuid);
-    const id = this.table.find(uuidFromHex(uuid), 0);
+    const id = this.findHex(normalizeUuid(uuid));
     if (id < 0) {
       if (!pending) return null;
       return { uuid, node: this.nodeId, online: false, reachable: false, transport: null, address: null, port: null, appId: 0, lastSeen: 0, pending };

@@ -100,7 +100,8 @@ export class PushDispatcher implements PushSubmitter {
    */
   async dispatch(uuid: string, write: PendingWrite, options: DispatchOptions, onAccepted?: (d: PushDispatch) => void): Promise<PushOutcome> {
     const kind = write.kind;
-    if (!options.slotHeld) {
+    // A free slot is taken synchronously: no extra await on the common path.
+    if (!options.slotHeld && !this.permits.tryAcquire()) {
       try {
         await this.permits.acquire();
       } catch (err) {

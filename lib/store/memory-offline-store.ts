@@ -37,12 +37,14 @@ export class MemoryOfflineStore extends OfflineStore {
   readonly maxDevices: number;
   readonly maxBytes: number;
   readonly ttlMs: number;
+  private readonly touchGranularityMs: number;
 
   constructor(options: MemoryOfflineStoreOptions = {}) {
     super();
     this.maxDevices = options.maxDevices ?? 1_000_000;
     this.maxBytes = options.maxBytes ?? 256 * 1024 * 1024;
     this.ttlMs = options.ttlMs ?? 50 * 3600_000;
+    this.touchGranularityMs = Math.min(60_000, Math.max(1, Math.floor(this.ttlMs / 100)));
   }
 
   write(uuid: string, push: PendingWrite): Promise<WriteResult> {
@@ -62,11 +64,17 @@ export class MemoryOfflineStore extends OfflineStore {
     if (!e) {
       if (this.entries.size >= this.maxDevices) throw new OfflineStoreFullError('maxDevices', this.maxDevices);
       e = { notice: 0, category: 0n, categoryVersion: 0, message: null, messageVersion: 0, touched: 0 };
-    } else {
-      this.entries.delete(uuid);
     }
-    e.touched = Date.now();
-    this.entries.set(uuid, e);
+    const now = Date.now();
+    // Re-inserting moves an entry to the end of the Map (touch order, which
+    // keeps the sweep O(expired)); doing it on every write would dominate the
+    // write cost, so an entry is moved at most once per `touchGranularityMs`.
+    // The sweep may then see entries out of order by at most that much.
+    if (e.touched === 0 || now - e.touched >= this.touchGranularityMs) {
+      this.entries.delete(uuid);
+      e.touched = now;
+      this.entries.set(uuid, e);
+    }
     const version = this.versions.next();
     switch (push.kind) {
       case 'notice':
