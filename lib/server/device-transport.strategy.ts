@@ -98,7 +98,9 @@ export class DeviceTransportStrategy extends Server<DeviceTransportEvents, Devic
   readonly counters: DeviceTransportCounters = { datagrams: 0, tcpConnections: 0, tcpRefused: 0, tcpIdleClosed: 0, tcpProtocolClosed: 0, sendErrors: 0 };
   private udp: UdpSocket | undefined;
   private tcp: NetServer | undefined;
-  private readonly sockets = new Set<Socket>();
+  /** Open device connections and when each last sent us data (ms). */
+  private readonly sockets = new Map<Socket, number>();
+  private idleTimer: NodeJS.Timeout | undefined;
   private readonly emitter = new EventEmitter();
   private eventsSub: Subscription | undefined;
   private boundPort = 0;
@@ -151,6 +153,12 @@ export class DeviceTransportStrategy extends Server<DeviceTransportEvents, Devic
     }
     this.engine.attachUdp(this.udp ? { send: (frame, p, address) => this.udp!.send(frame, p, address, this.onSendDone) } : undefined);
     this.engine.start();
+    // Idleness is judged on what the device sends (heartbeats), not on what we
+    // write to it: socket.setTimeout would count our pushes as activity and
+    // keep a silent device's connection forever. One timer for all sockets.
+    const idle = this.options.tcpIdleTimeoutMs;
+    this.idleTimer = setInterval(() => this.closeIdle(Date.now() - idle), Math.max(10, Math.min(idle / 4, 30_000)));
+    this.idleTimer.unref();
     this.eventsSub = this.engine.events.subscribe((e) => this.dispatch(e));
     this._status$.next('listening');
     this.emitter.emit('listening', this.boundPort);
@@ -212,7 +220,7 @@ export class DeviceTransportStrategy extends Server<DeviceTransportEvents, Devic
       return;
     }
     this.counters.tcpConnections++;
-    this.sockets.add(socket);
+    this.sockets.set(socket, Date.now());
     const limit = this.options.tcpWriteLimitBytes;
     const link: DeviceLink = {
       address: socket.remoteAddress ?? '',
@@ -239,16 +247,24 @@ export class DeviceTransportStrategy extends Server<DeviceTransportEvents, Devic
         socket.destroy();
       },
     );
-    socket.setTimeout(this.options.tcpIdleTimeoutMs, () => {
-      this.counters.tcpIdleClosed++;
-      socket.destroy();
+    socket.on('data', (chunk) => {
+      this.sockets.set(socket, Date.now());
+      decoder.write(chunk);
     });
-    socket.on('data', (chunk) => decoder.write(chunk));
     socket.on('error', () => {});
     socket.on('close', () => {
       this.sockets.delete(socket);
       this.engine.tcpClosed(link);
     });
+  }
+
+  private closeIdle(cutoff: number): void {
+    for (const [socket, lastData] of this.sockets) {
+      if (lastData >= cutoff) continue;
+      this.counters.tcpIdleClosed++;
+      this.sockets.delete(socket);
+      socket.destroy();
+    }
   }
 
   private dispatch(event: DeviceEvent): void {
@@ -275,7 +291,9 @@ export class DeviceTransportStrategy extends Server<DeviceTransportEvents, Devic
     const tcp = this.tcp;
     this.udp = undefined;
     this.tcp = undefined;
-    for (const s of this.sockets) s.destroy();
+    if (this.idleTimer) clearInterval(this.idleTimer);
+    this.idleTimer = undefined;
+    for (const s of this.sockets.keys()) s.destroy();
     this.sockets.clear();
     await Promise.all([
       udp && new Promise<void>((r) => udp.close(() => r())),

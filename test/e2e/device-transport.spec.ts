@@ -707,6 +707,24 @@ describe('device transport: TCP specifics', () => {
     expect((await got).content.toString()).toBe('alive');
   });
 
+  it('our own writes do not keep a silent device connected: idleness counts only what the device sends', async () => {
+    const s = await server({}, { tcpIdleTimeoutMs: 200 });
+    const uuid = newUuid();
+    const silent = await rawTcp(s);
+    silent.sock.write(frame(ClientCmd.Heartbeat, uuid));
+    await waitFor(() => s.engine.tcpLinkCount === 1, 'the silent device to register');
+    const t0 = Date.now();
+    // Push to it every 30 ms: each push writes to the socket, but the device never answers.
+    const pusher = setInterval(() => void s.engine.push(uuid, { kind: 'notice' }).catch(() => {}), 30);
+    try {
+      await within(silent.closed, 'the silent connection to be closed despite our writes');
+    } finally {
+      clearInterval(pusher);
+    }
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(150);
+    expect(s.transport.counters.tcpIdleClosed).toBe(1);
+  });
+
   it('refuses connections beyond maxTcpConnections and counts them', async () => {
     const s = await server({}, { maxTcpConnections: 1 });
     const first = device(s, 'tcp');
