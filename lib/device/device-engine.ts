@@ -97,10 +97,17 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
   private readonly links = new Map<number, DeviceLink>();
   /** IPv6 (and IPv4-mapped) addresses, for the few records that have one. */
   private readonly ipv6 = new Map<number, string>();
+  /** Records whose store read was asked for again while one was in flight. */
+  private readonly reload = new Set<number>();
   private udp: UdpSink | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
   private sweepCursor = 0;
   private readonly keyScratch = Buffer.allocUnsafe(16);
+  /**
+   * Called with the latency of every store write behind a push, in seconds
+   * (the metrics module's store commit histogram). Unset: not measured.
+   */
+  storeWriteObserver: ((seconds: number) => void) | undefined;
 
   constructor(
     private readonly store: OfflineStore,
@@ -316,19 +323,30 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
     if (this.transmit(id, encodeHeartbeatEcho(this.table.appId[id]!), Date.now())) this.counters.echoes++;
   }
 
-  /** Reads the store and (re)sends everything pending. One read per device at a time. */
-  private load(id: number, uuid: string, addressChanged: boolean): void {
+  /**
+   * Reads the store and (re)sends everything pending. One read per device at
+   * a time; a `deliver` or ack asking (`again`) while one is in flight gets one
+   * more read after it, since the read in flight may predate the write it was
+   * asked for.
+   */
+  private load(id: number, uuid: string, addressChanged: boolean, again = false): void {
     const t = this.table;
-    if (t.flags[id]! & DeviceFlag.Loading) return;
+    if (t.flags[id]! & DeviceFlag.Loading) {
+      if (again) this.reload.add(id);
+      return;
+    }
     t.flags[id]! |= DeviceFlag.Loading;
     this.store.read(uuid).then(
       (state) => {
+        const rerun = this.reload.delete(id);
         if (!this.sameRecord(id, uuid)) return;
         t.flags[id]! &= ~DeviceFlag.Loading;
         this.applyPending(id, state);
         if (!state || !this.sendPending(id, uuid, state, true)) this.echo(id, addressChanged);
+        if (rerun) this.load(id, uuid, false);
       },
       () => {
+        this.reload.delete(id);
         if (this.sameRecord(id, uuid)) t.flags[id]! &= ~DeviceFlag.Loading;
         this.countDrop('store-error');
       },
@@ -482,7 +500,10 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
           }
           if (r.cleared) this.events$.next({ type: 'ack', uuid, kind, version, at: Date.now() });
           // Queue mode: the next message goes out as soon as the previous is acked.
-          if (r.cleared && r.remaining) this.load(id, uuid, false);
+          // An ack that cleared nothing while something is pending acked a
+          // version the store no longer holds (another node replaced it, or a
+          // full queue dropped it): send what is pending now.
+          if (r.remaining) this.load(id, uuid, false, true);
         }, this.storeFailed);
         return;
       }
@@ -512,9 +533,21 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
     if (write.kind === 'category' && (write.mask <= 0n || write.mask >= 1n << 64n)) {
       throw new RangeError(`Category mask must be a non-zero 64-bit value, got ${write.mask}`);
     }
+    // A pending message may be kept for hours (the memory store keeps this very
+    // Buffer). A view into a larger buffer (Node's shared 8 KiB allocation
+    // pool, a request body) would keep all of it alive, so the store's maxBytes
+    // would count a fraction of the memory held: keep an exact-size copy.
+    if (write.kind === 'message' && write.content.byteLength !== write.content.buffer.byteLength) {
+      const own = Buffer.allocUnsafeSlow(write.content.length);
+      own.set(write.content);
+      write = { kind: 'message', content: own };
+    }
     this.counters.pushes++;
+    const observe = this.storeWriteObserver;
+    const t0 = observe ? performance.now() : 0;
     // The store's result object is ours: extend it rather than copy it.
     const d = (await this.store.write(uuid, write)) as PushDispatch;
+    if (observe) observe((performance.now() - t0) / 1000);
     d.uuid = uuid;
     d.sentVia = null;
     d.reachable = false;
@@ -555,7 +588,7 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
   deliver(uuid: string): boolean {
     const id = this.findHex(normalizeUuid(uuid));
     if (id < 0 || !(this.links.has(id) || this.udpReachable(id, Date.now()))) return false;
-    this.load(id, uuid, false);
+    this.load(id, uuid, false, true);
     return true;
   }
 

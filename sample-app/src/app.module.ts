@@ -1,5 +1,9 @@
 import { Module } from '@nestjs/common';
 import { PushModule } from 'nest-push';
+import { PushMetricsModule } from 'nest-push/metrics';
+import { PushHealthModule } from 'nest-push/terminus';
+import { HealthController } from './health.controller.js';
+import { MetricsController } from './metrics.controller.js';
 import { PushController } from './push.controller.js';
 import { PushHandlers } from './push.handlers.js';
 import { SAMPLE_CONFIG, SampleConfigModule } from './sample-config.module.js';
@@ -17,8 +21,10 @@ import type { SampleConfig } from './sample.config.js';
         store: 'memory',
       }),
     }),
+    PushMetricsModule,
+    PushHealthModule,
   ],
-  controllers: [PushController],
+  controllers: [PushController, HealthController, MetricsController],
   providers: [PushHandlers],
 })
 export class AppModule {}

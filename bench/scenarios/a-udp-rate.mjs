@@ -1,0 +1,60 @@
+import { measureWindow, openSession } from '../lib/harness.mjs';
+import { fmtPct, row } from './common.mjs';
+import { settleAll } from './common.mjs';
+
+const WINDOWS = [32, 1];
+
+export default {
+  id: 'a',
+  title: 'acked push rate, online UDP devices, 4 pusher connections',
+  steps: (cfg) => 2 + cfg.runs * WINDOWS.length * 2,
+  async run({ cfg, progress }) {
+    const devices = cfg.count(10_000, 2_000);
+    const sessions = {};
+    try {
+      // Both servers start and register their devices at once; measurements then alternate between them.
+      await settleAll(
+        ['raw', 'nest'].map(async (impl) => {
+          sessions[impl] = await openSession(impl, { devices });
+          progress.step(`a: ${devices} devices registered on ${impl}`);
+        }),
+      );
+      const figures = { raw: { 32: [], 1: [] }, nest: { 32: [], 1: [] } };
+      const cpu = { raw: { 32: [], 1: [] }, nest: { 32: [], 1: [] } };
+      let success = 0;
+      for (let r = 0; r < cfg.runs; r++) {
+        for (const w of WINDOWS) {
+          for (const impl of ['raw', 'nest']) {
+            const m = await measureWindow(sessions[impl], { connections: 4, window: w, warmupMs: cfg.warmupMs, durationMs: cfg.windowMs });
+            if (m.bad) throw new Error(`${impl}: ${m.bad} pusher replies were not 0x00`);
+            figures[impl][w].push(m.rate);
+            cpu[impl][w].push(m.serverCpu);
+            if (impl === 'nest') success = m.server.outcomes.success;
+            progress.step(`a: ${impl} 4x${w} run ${r + 1}/${cfg.runs}: ${Math.round(m.rate)}/s`);
+          }
+        }
+      }
+      const cpuNote = (w) => `server CPU ${fmtPct(median(cpu.nest[w]))} (nest-push) vs ${fmtPct(median(cpu.raw[w]))} (raw) of one core`;
+      return WINDOWS.map((w) =>
+        row({
+          id: `a${w === 32 ? 1 : 2}`,
+          scenario: `${devices} UDP devices, 4 pusher conns x ${w} in flight`,
+          metric: 'acked pushes/s',
+          unit: '/s',
+          nest: figures.nest[w],
+          raw: figures.raw[w],
+          target: '>= 0.7x raw',
+          check: (_n, _r, ratio) => ratio >= 0.7,
+          notes: [cpuNote(w), ...(w === 1 ? [`nest-push success outcomes (device acks settled) by the end: ${success}`] : [])],
+        }),
+      );
+    } finally {
+      await Promise.all(Object.values(sessions).map((s) => s.close()));
+    }
+  },
+};
+
+function median(v) {
+  const s = [...v].sort((a, b) => a - b);
+  return s.length ? s[s.length >> 1] : NaN;
+}
