@@ -35,6 +35,8 @@ export abstract class PushCluster {
    * origin filters and paces them and dispatches each through `deliver`.
    */
   abstract remoteOnline(signal: { aborted: boolean }): AsyncIterable<string>;
+  /** Checks the shared backend is reachable (health checks); rejects when it is not. */
+  async ping(): Promise<void> {}
   /** Leaves the cluster (stops announcing, unsubscribes). */
   async close(): Promise<void> {}
 }

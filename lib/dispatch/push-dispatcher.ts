@@ -210,27 +210,34 @@ export class PushDispatcher implements PushSubmitter {
   private onSent(e: DeviceSentEvent): void {
     const list = this.waiters.get(e.uuid);
     if (!list) return;
-    for (const w of [...list]) {
-      if (w.kind !== e.kind) continue;
+    // Walks the live list (no copy per event): `settle` removes the waiter
+    // at `i`, so the index only advances past waiters that stay.
+    for (let i = 0; i < list.length; ) {
+      const w = list[i]!;
       // One notice or category frame carries every earlier push of its kind
       // (the flag, the OR-ed mask); a message frame carries one version.
-      if (w.kind === 'message' && w.version !== e.version) continue;
-      if (w.sent === undefined) {
-        w.sent = e.at;
-        w.transport = e.transport;
+      if (w.kind === e.kind && (w.kind !== 'message' || w.version === e.version)) {
+        if (w.sent === undefined) {
+          w.sent = e.at;
+          w.transport = e.transport;
+        }
+        if (w.ackMode === 'none') this.settle(w, 'success', e.at);
       }
-      if (w.ackMode === 'none') this.settle(w, 'success', e.at);
+      if (list[i] === w) i++;
     }
   }
 
   private onAck(e: DeviceAckEvent): void {
     const list = this.waiters.get(e.uuid);
     if (!list) return;
-    for (const w of [...list]) {
-      if (w.kind !== e.kind) continue;
-      if (w.kind === 'message' && w.version !== e.version) continue;
-      if (w.kind === 'category' && ((e.remaining ?? 0n) & w.mask) !== 0n) continue;
-      this.settle(w, 'success', e.at, e.at);
+    for (let i = 0; i < list.length; ) {
+      const w = list[i]!;
+      const acked =
+        w.kind === e.kind &&
+        (w.kind !== 'message' || w.version === e.version) &&
+        (w.kind !== 'category' || ((e.remaining ?? 0n) & w.mask) === 0n);
+      if (acked) this.settle(w, 'success', e.at, e.at);
+      if (list[i] === w) i++;
     }
   }
 

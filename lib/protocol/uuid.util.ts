@@ -20,6 +20,8 @@ export class InvalidUuidError extends TypeError {
  */
 export function uuidToHex(source: Uint8Array, offset = 0): string {
   if (offset < 0 || offset + UUID_LENGTH > source.length) throw new InvalidUuidError(source);
+  // Buffers have a native hex encoder: one flat string, no concatenation.
+  if (Buffer.isBuffer(source)) return source.toString('hex', offset, offset + UUID_LENGTH);
   let s = '';
   for (let i = offset; i < offset + UUID_LENGTH; i++) s += HEX_PAIRS[source[i]!]!;
   return s;
