@@ -26,3 +26,5 @@ export type { PushModuleOptions, PushStoreOption } from './interfaces/push-modul
 export type { PushOutcome, PushStatus } from './interfaces/push-outcome.interface.js';
 export type { PushRequest, PushTargets, PushPayload, PushSendOptions } from './interfaces/push-request.interface.js';
 export { PushCluster, type ClusterDelivery, type PushClusterPlugin, type PushClusterContext } from './cluster/push-cluster.js';
+export { LmdbOfflineStore, type LmdbOfflineStoreOptions, type MessageRetention, OfflineStoreOpenError, OfflineStoreUnavailableError, type OfflineStoreOpenFailure } from './store/index.js';
+export type { StoreDrop } from './store/offline-store.js';

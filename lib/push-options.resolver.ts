@@ -88,11 +88,11 @@ export function validatePushModuleOptions(options: PushModuleOptions): PushModul
   int('send.broadcastRate', send.broadcastRate, 1);
   int('send.maxTagEntries', send.maxTagEntries, 0);
   const store = options.store;
-  if (store !== undefined && store !== 'memory' && typeof store !== 'function' && typeof store !== 'object') {
-    throw new PushConfigError('store', `expected 'memory', { type: 'memory' }, an OfflineStore class or instance; got ${String(store)}`);
+  if (store !== undefined && store !== 'memory' && store !== 'lmdb' && typeof store !== 'function' && (typeof store !== 'object' || store === null)) {
+    throw new PushConfigError('store', `expected 'lmdb' (the default), 'memory', { type: 'lmdb' | 'memory', options }, an OfflineStore class or instance; got ${String(store)}`);
   }
-  if (store && typeof store === 'object' && 'type' in store && store.type !== 'memory') {
-    throw new PushConfigError('store.type', `unknown store type ${String((store as { type: unknown }).type)}; expected 'memory'`);
+  if (store && typeof store === 'object' && 'type' in store && store.type !== 'memory' && store.type !== 'lmdb') {
+    throw new PushConfigError('store.type', `unknown store type ${String((store as { type: unknown }).type)}; expected 'lmdb' or 'memory'`);
   }
   const router = options.router;
   if (router !== undefined && typeof router !== 'function' && typeof router !== 'object') {

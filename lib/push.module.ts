@@ -12,6 +12,7 @@ import { LocalPushRouter } from './router/local-push-router.js';
 import { PushRouter } from './router/push-router.js';
 import { DeviceTransportStrategy } from './server/device-transport.strategy.js';
 import { PusherTransportStrategy } from './server/pusher-transport.strategy.js';
+import { LmdbOfflineStore } from './store/lmdb-offline-store.js';
 import { MemoryOfflineStore } from './store/memory-offline-store.js';
 import { OfflineStore } from './store/offline-store.js';
 
@@ -24,8 +25,11 @@ async function createStore(options: PushModuleOptions, moduleRef: ModuleRef): Pr
   if (options.cluster) store = await options.cluster.createStore(nodeIdOf(options));
   else if (s instanceof OfflineStore) store = s;
   else if (typeof s === 'function') store = await moduleRef.create(s);
-  else if (s && typeof s === 'object' && 'type' in s) store = new MemoryOfflineStore(s.options);
-  else store = new MemoryOfflineStore();
+  else if (s === 'memory') store = new MemoryOfflineStore();
+  else if (s && typeof s === 'object' && 'type' in s && s.type === 'memory') store = new MemoryOfflineStore(s.options);
+  else if (s && typeof s === 'object' && 'type' in s && s.type === 'lmdb') store = new LmdbOfflineStore(s.options);
+  // The default is durable: a push server that loses accepted pushes on a crash is DDPush's flaw.
+  else store = new LmdbOfflineStore();
   // Opened here, in an async provider, so the store is ready before any
   // transport or service can touch it, and a bad data directory fails startup.
   await store.open();

@@ -5,11 +5,15 @@ import type { PushDispatcherOptions } from '../dispatch/push-dispatcher.js';
 import type { PushRouter } from '../router/push-router.js';
 import type { DeviceTransportOptions } from '../server/device-transport.strategy.js';
 import type { PusherTransportOptions } from '../server/pusher-transport.strategy.js';
+import type { LmdbOfflineStoreOptions } from '../store/lmdb-offline-store.js';
 import type { MemoryOfflineStoreOptions } from '../store/memory-offline-store.js';
 import type { OfflineStore } from '../store/offline-store.js';
 
 /** Which offline store to use. */
 export type PushStoreOption =
+  /** LMDB under `./.nest-push` (the default): accepted pushes survive a crash. */
+  | 'lmdb'
+  | { type: 'lmdb'; options?: LmdbOfflineStoreOptions }
   /** In-memory (tests, ephemeral setups): pending pushes are lost with the process. */
   | 'memory'
   | { type: 'memory'; options?: MemoryOfflineStoreOptions }
@@ -30,7 +34,7 @@ export interface PushModuleOptions extends DeviceEngineOptions {
     /** Tag memberships held at most (`PushService.tag`). Default 1,000,000. */
     maxTagEntries?: number;
   };
-  /** Offline store. Default: in-memory. */
+  /** Offline store. Default: LMDB under `./.nest-push`, durable (`'lmdb'`). */
   store?: PushStoreOption;
   /** Router. Default: `LocalPushRouter` (single node). A class is instantiated with DI. */
   router?: Type<PushRouter> | PushRouter;

@@ -63,10 +63,21 @@ export function readPusherTask(buf: Uint8Array, offset: number, len: number): Pu
     cmd,
     uuid: uuidToHex(buf, offset + UUID_OFFSET),
     mask: cmd === PusherCmd.Category ? readMask(buf, start) : 0n,
-    content: cmd === PusherCmd.Message ? Buffer.from(buf.subarray(start, start + len)) : EMPTY,
+    content: cmd === PusherCmd.Message ? ownCopy(buf, start, len) : EMPTY,
   };
 }
 const EMPTY = Buffer.alloc(0);
+
+/**
+ * Task content is kept as a pending message, possibly for hours: an exact-size
+ * buffer of its own, rather than a slice of Node's shared 8 KiB pool (which
+ * would pin the whole pool slab and make the engine copy it again).
+ */
+function ownCopy(buf: Uint8Array, start: number, len: number): Buffer {
+  const out = Buffer.allocUnsafeSlow(len);
+  out.set(buf.subarray(start, start + len));
+  return out;
+}
 
 /** Decodes exactly one task from `buf` (must be the whole task). Never throws. */
 export function decodePusherTask(

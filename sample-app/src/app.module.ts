@@ -18,7 +18,8 @@ import type { SampleConfig } from './sample.config.js';
         nodeId: c.nodeId,
         device: { host: c.deviceHost, port: c.devicePort },
         pusher: { host: c.pusherHost, port: c.pusherPort },
-        store: 'memory',
+        // PUSH_STORE=memory for throwaway runs; otherwise the durable LMDB store in PUSH_DATA_DIR.
+        store: c.store === 'memory' ? 'memory' : { type: 'lmdb', options: { path: c.dataDir } },
       }),
     }),
     PushMetricsModule,

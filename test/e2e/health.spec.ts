@@ -38,7 +38,7 @@ class HealthController {
 async function startApp(options: PushModuleOptions = {}): Promise<{ app: INestApplication; url: string }> {
   @Module({
     imports: [
-      PushModule.forRoot({ device: { host: '127.0.0.1', port: 0 }, pusher: { host: '127.0.0.1', port: 0 }, ...options }),
+      PushModule.forRoot({ device: { host: '127.0.0.1', port: 0 }, pusher: { host: '127.0.0.1', port: 0 }, ...(options.cluster ? {} : { store: 'memory' as const }), ...options }),
       PushHealthModule,
     ],
     controllers: [HealthController],
@@ -80,10 +80,9 @@ class FakeRedisCluster extends PushCluster {
   }
   deliver(): void {}
   async *remoteOnline(): AsyncIterable<string> {}
-  async ping(): Promise<string> {
+  override async ping(): Promise<void> {
     this.pings++;
     if (!this.up) throw new Error('connect ECONNREFUSED 127.0.0.1:6379');
-    return 'PONG';
   }
 }
 

@@ -36,6 +36,7 @@ async function startApp(metricsOptions: Parameters<typeof PushMetricsModule.forR
         device: { host: '127.0.0.1', port: 0, tcp: deviceTcp },
         pusher: { host: '127.0.0.1', port: 0 },
         maxContentLength: 64,
+        store: 'memory',
       }),
       PushMetricsModule.forRoot({ ...metricsOptions }),
     ],

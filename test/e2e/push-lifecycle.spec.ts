@@ -1,3 +1,6 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { type INestApplicationContext, Logger } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { filter, firstValueFrom, timeout } from 'rxjs';
@@ -122,6 +125,14 @@ describe("the README's main.ts", () => {
     h.defer(() => {
       delete process.env.PUSH_DEVICE_PORT;
       delete process.env.PUSH_PUSHER_PORT;
+    });
+    // The sample uses the durable default store (./.nest-push): give it a fresh working directory.
+    const cwd = process.cwd();
+    const dir = mkdtempSync(join(tmpdir(), 'nest-push-readme-'));
+    process.chdir(dir);
+    h.defer(() => {
+      process.chdir(cwd);
+      rmSync(dir, { recursive: true, force: true });
     });
     const { bootstrap, Notifications } = await import('../fixtures/readme-main.js');
 

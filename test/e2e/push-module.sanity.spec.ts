@@ -22,7 +22,7 @@ class Acks {
 class Nothing {}
 
 @Module({
-  imports: [PushModule.forRoot({ device: { host: '127.0.0.1', port: 0 }, pusher: { port: 0 } })],
+  imports: [PushModule.forRoot({ device: { host: '127.0.0.1', port: 0 }, pusher: { port: 0 }, store: 'memory' })],
   controllers: [Nothing],
   providers: [Acks],
 })

@@ -62,7 +62,7 @@ function run(args: string[], env: NodeJS.ProcessEnv = {}) {
 const json = (l: string) => JSON.parse(l) as Line;
 
 async function startApp(): Promise<INestApplicationContext> {
-  @Module({ imports: [PushModule.forRoot({ device: { host: '127.0.0.1', port: 0 }, pusher: { enabled: false } })] })
+  @Module({ imports: [PushModule.forRoot({ device: { host: '127.0.0.1', port: 0 }, pusher: { enabled: false }, store: 'memory' })] })
   class SimAppModule {}
   const app = await NestFactory.createApplicationContext(SimAppModule, { logger: false });
   await connectPushTransports(app);

@@ -1,0 +1,154 @@
+/**
+ * On-disk records of the LMDB offline store: one compact binary value per
+ * device (key: the 16 raw uuid bytes) and one `state` value for the store.
+ * Big-endian, versioned by a leading format byte so a later layout can be
+ * told apart (and a foreign or damaged value is refused, not misread).
+ *
+ * Device record (format 1):
+ * ```
+ * 0   u8   format = 1
+ * 1   u8   reserved (0)
+ * 2   u32  notice version (0: none pending)
+ * 6   u32  category version (0: none pending)
+ * 10  u64  pending category mask
+ * 18  f64  touched (ms since epoch; last write)
+ * 26  u16  message count
+ * 28  per message, oldest (the head) first:
+ *       u32 version, f64 expiresAt (ms; 0 = no queue TTL), u16 length, bytes
+ * ```
+ * Latest-only retention keeps at most one message; queue retention up to N.
+ */
+
+export const RECORD_FORMAT = 1;
+const HEADER = 28;
+const PER_MESSAGE = 14;
+
+export interface StoredMessage {
+  version: number;
+  /** Time the queue TTL ends, in ms; 0 when the message has no TTL (latest-only). */
+  expiresAt: number;
+  content: Buffer;
+}
+
+/** A device's pending state as the LMDB store holds it (decoded). */
+export interface DeviceRecord {
+  notice: number;
+  category: bigint;
+  categoryVersion: number;
+  /** Oldest first: `messages[0]` is what the device is sent. */
+  messages: StoredMessage[];
+  touched: number;
+}
+
+/** Thrown when a stored value cannot be decoded (damaged or foreign data). */
+export class RecordFormatError extends Error {
+  constructor(what: string) {
+    super(what);
+    this.name = 'RecordFormatError';
+  }
+}
+
+export function emptyRecord(now: number): DeviceRecord {
+  return { notice: 0, category: 0n, categoryVersion: 0, messages: [], touched: now };
+}
+
+/** A shallow copy that can be changed without touching `r` (contents are immutable buffers). */
+export function cloneRecord(r: DeviceRecord): DeviceRecord {
+  return { notice: r.notice, category: r.category, categoryVersion: r.categoryVersion, messages: r.messages.slice(), touched: r.touched };
+}
+
+export function isEmptyRecord(r: DeviceRecord): boolean {
+  return r.notice === 0 && r.category === 0n && r.messages.length === 0;
+}
+
+/** Message content bytes held by a record (what `maxBytes` limits). */
+export function recordContentBytes(r: DeviceRecord): number {
+  let n = 0;
+  for (const m of r.messages) n += m.content.length;
+  return n;
+}
+
+export function encodeRecord(r: DeviceRecord): Buffer {
+  let size = HEADER;
+  for (const m of r.messages) size += PER_MESSAGE + m.content.length;
+  // A fresh buffer per record: lmdb-js keeps a pointer to it until the commit.
+  const b = Buffer.allocUnsafe(size);
+  b[0] = RECORD_FORMAT;
+  b[1] = 0;
+  b.writeUInt32BE(r.notice, 2);
+  b.writeUInt32BE(r.categoryVersion, 6);
+  b.writeBigUInt64BE(BigInt.asUintN(64, r.category), 10);
+  b.writeDoubleBE(r.touched, 18);
+  b.writeUInt16BE(r.messages.length, 26);
+  let o = HEADER;
+  for (const m of r.messages) {
+    b.writeUInt32BE(m.version, o);
+    b.writeDoubleBE(m.expiresAt, o + 4);
+    b.writeUInt16BE(m.content.length, o + 12);
+    m.content.copy(b, o + PER_MESSAGE);
+    o += PER_MESSAGE + m.content.length;
+  }
+  return b;
+}
+
+/**
+ * Decodes a device record. `b` may be a volatile lmdb-js buffer: contents are
+ * copied out, nothing keeps a reference to `b`.
+ */
+export function decodeRecord(b: Uint8Array): DeviceRecord {
+  if (b.length < HEADER || b[0] !== RECORD_FORMAT) {
+    throw new RecordFormatError(`device record of ${b.length} bytes with format byte ${b[0] ?? 'none'} (expected format ${RECORD_FORMAT})`);
+  }
+  const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const count = v.getUint16(26);
+  const messages: StoredMessage[] = new Array(count);
+  let o = HEADER;
+  for (let i = 0; i < count; i++) {
+    if (o + PER_MESSAGE > b.length) throw new RecordFormatError(`device record truncated in message ${i} of ${count}`);
+    const len = v.getUint16(o + 12);
+    const start = o + PER_MESSAGE;
+    if (start + len > b.length) throw new RecordFormatError(`device record truncated in message ${i} of ${count}`);
+    messages[i] = { version: v.getUint32(o), expiresAt: v.getFloat64(o + 4), content: Buffer.from(b.subarray(start, start + len)) };
+    o = start + len;
+  }
+  return {
+    notice: v.getUint32(2),
+    categoryVersion: v.getUint32(6),
+    category: v.getBigUint64(10),
+    touched: v.getFloat64(18),
+    messages,
+  };
+}
+
+/**
+ * The store's own record, written in the same LMDB transaction as the device
+ * records it describes (from a `beforecommit` hook), so it is exact after any
+ * crash:
+ * ```
+ * 0  u8   format = 1
+ * 1  u32  last version handed out (the VersionCounter resumes after it)
+ * 5  f64  content bytes held
+ * ```
+ */
+export interface StoreState {
+  lastVersion: number;
+  bytes: number;
+}
+
+const STATE_SIZE = 13;
+
+export function encodeState(s: StoreState): Buffer {
+  const b = Buffer.allocUnsafe(STATE_SIZE);
+  b[0] = RECORD_FORMAT;
+  b.writeUInt32BE(s.lastVersion >>> 0, 1);
+  b.writeDoubleBE(s.bytes, 5);
+  return b;
+}
+
+export function decodeState(b: Uint8Array): StoreState {
+  if (b.length !== STATE_SIZE || b[0] !== RECORD_FORMAT) {
+    throw new RecordFormatError(`store state record of ${b.length} bytes with format byte ${b[0] ?? 'none'} (expected ${STATE_SIZE} bytes, format ${RECORD_FORMAT})`);
+  }
+  const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  return { lastVersion: v.getUint32(1), bytes: v.getFloat64(5) };
+}
