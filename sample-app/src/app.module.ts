@@ -1,5 +1,7 @@
 import { Module } from '@nestjs/common';
+import { hostname } from 'node:os';
 import { PushModule } from 'nest-push';
+import { redisCluster } from 'nest-push/redis';
 import { PushMetricsModule } from 'nest-push/metrics';
 import { PushHealthModule } from 'nest-push/terminus';
 import { HealthController } from './health.controller.js';
@@ -15,11 +17,16 @@ import type { SampleConfig } from './sample.config.js';
       imports: [SampleConfigModule],
       inject: [SAMPLE_CONFIG],
       useFactory: (c: SampleConfig) => ({
-        nodeId: c.nodeId,
         device: { host: c.deviceHost, port: c.devicePort },
         pusher: { host: c.pusherHost, port: c.pusherPort },
-        // PUSH_STORE=memory for throwaway runs; otherwise the durable LMDB store in PUSH_DATA_DIR.
-        store: c.store === 'memory' ? 'memory' : { type: 'lmdb', options: { path: c.dataDir } },
+        ...(c.redisUrl
+          ? // REDIS_URL set: a cluster node (shared store and router in Redis).
+            { nodeId: c.nodeId ?? `${hostname()}-${process.pid}`, cluster: redisCluster({ url: c.redisUrl }) }
+          : {
+              nodeId: c.nodeId,
+              // PUSH_STORE=memory for throwaway runs; otherwise the durable LMDB store in PUSH_DATA_DIR.
+              store: c.store === 'memory' ? ('memory' as const) : { type: 'lmdb' as const, options: { path: c.dataDir } },
+            }),
       }),
     }),
     PushMetricsModule,
