@@ -229,9 +229,13 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
     this.counters.heartbeats++;
     const now = Date.now();
     if (id < 0) {
-      if (!this.admit(frame, 'tcp', link.address, link.port)) return;
+      // A refused TCP device must not keep its connection slot by heartbeating on.
+      if (!this.admit(frame, 'tcp', link.address, link.port)) return link.close();
       id = t.insert(frame.source, frame.uuidOffset, now);
-      if (id < 0) return this.countDrop('device-limit');
+      if (id < 0) {
+        this.countDrop('device-limit');
+        return link.close();
+      }
     }
     let wasOnline = this.checkStillOnline(id, now);
     const previous = this.links.get(id);

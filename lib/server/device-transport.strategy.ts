@@ -1,8 +1,9 @@
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { EventEmitter } from 'node:events';
 import { createServer, type Server as NetServer, type Socket } from 'node:net';
-import { BaseRpcContext, type CustomTransportStrategy, Server } from '@nestjs/microservices';
+import { BaseRpcContext } from '@nestjs/microservices';
 import type { Subscription } from 'rxjs';
+import { PushTransportServer } from './push-transport.server.js';
 import type { DeviceEngine, DeviceLink } from '../device/device-engine.js';
 import type { DeviceEvent } from '../device/device-event.interface.js';
 import { PushConfigError } from '../errors/push-config.error.js';
@@ -20,7 +21,11 @@ export interface DeviceTransportOptions {
   udp?: boolean;
   /** Listen for TCP devices. Default true. */
   tcp?: boolean;
-  /** A TCP device silent this long is disconnected. Default 300 s. */
+  /**
+   * A TCP device that completes no frame for this long is disconnected.
+   * Only whole frames count: a connection dripping one byte at a time
+   * (slowloris) is cut like a silent one. Default 300 s.
+   */
   tcpIdleTimeoutMs?: number;
   /**
    * Bytes queued for one TCP device before it is disconnected: a device that
@@ -92,13 +97,13 @@ export type DeviceTransportEvents = {
   listening: (port: number) => void;
 };
 
-export class DeviceTransportStrategy extends Server<DeviceTransportEvents, DeviceTransportStatus> implements CustomTransportStrategy {
+export class DeviceTransportStrategy extends PushTransportServer<DeviceTransportEvents, DeviceTransportStatus> {
   override transportId = DEVICE_TRANSPORT;
   readonly options: ResolvedOptions;
   readonly counters: DeviceTransportCounters = { datagrams: 0, tcpConnections: 0, tcpRefused: 0, tcpIdleClosed: 0, tcpProtocolClosed: 0, sendErrors: 0 };
   private udp: UdpSocket | undefined;
   private tcp: NetServer | undefined;
-  /** Open device connections and when each last sent us data (ms). */
+  /** Open device connections and when each last completed a frame (ms; the connect time until then). */
   private readonly sockets = new Map<Socket, number>();
   private idleTimer: NodeJS.Timeout | undefined;
   private readonly emitter = new EventEmitter();
@@ -124,15 +129,6 @@ export class DeviceTransportStrategy extends Server<DeviceTransportEvents, Devic
     return this.boundPort !== 0;
   }
 
-  async listen(callback: (...optionalParams: unknown[]) => unknown): Promise<void> {
-    try {
-      await this.start();
-      callback();
-    } catch (err) {
-      callback(err);
-    }
-  }
-
   /** Binds the sockets (also usable without Nest). */
   async start(): Promise<void> {
     if (this.listening) return;
@@ -153,9 +149,11 @@ export class DeviceTransportStrategy extends Server<DeviceTransportEvents, Devic
     }
     this.engine.attachUdp(this.udp ? { send: (frame, p, address) => this.udp!.send(frame, p, address, this.onSendDone) } : undefined);
     this.engine.start();
-    // Idleness is judged on what the device sends (heartbeats), not on what we
-    // write to it: socket.setTimeout would count our pushes as activity and
-    // keep a silent device's connection forever. One timer for all sockets.
+    // Idleness is judged on the frames the device sends (heartbeats), not on
+    // what we write to it (socket.setTimeout would count our pushes as
+    // activity and keep a silent device's connection forever), nor on stray
+    // bytes (a peer dripping one byte a minute would hold its slot forever).
+    // One timer for all sockets.
     const idle = this.options.tcpIdleTimeoutMs;
     this.idleTimer = setInterval(() => this.closeIdle(Date.now() - idle), Math.max(10, Math.min(idle / 4, 30_000)));
     this.idleTimer.unref();
@@ -239,8 +237,13 @@ export class DeviceTransportStrategy extends Server<DeviceTransportEvents, Devic
         socket.destroy();
       },
     };
+    // Set by a completed frame; the read that completed it stamps the socket.
+    let framed = false;
     const decoder = new ClientFrameStreamDecoder(
-      (frame) => this.engine.handleTcp(frame, link),
+      (frame) => {
+        framed = true;
+        this.engine.handleTcp(frame, link);
+      },
       (reason) => {
         this.engine.countDrop(reason);
         this.counters.tcpProtocolClosed++;
@@ -248,8 +251,11 @@ export class DeviceTransportStrategy extends Server<DeviceTransportEvents, Devic
       },
     );
     socket.on('data', (chunk) => {
-      this.sockets.set(socket, Date.now());
       decoder.write(chunk);
+      if (framed && !socket.destroyed) {
+        framed = false;
+        this.sockets.set(socket, Date.now());
+      }
     });
     socket.on('error', () => {});
     socket.on('close', () => {

@@ -1,9 +1,9 @@
 import { EventEmitter } from 'node:events';
 import { BlockList, createServer, isIP, type Server as NetServer, type Socket } from 'node:net';
-import { type CustomTransportStrategy, Server } from '@nestjs/microservices';
 import { PayloadTooLargeError } from '../errors/payload-too-large.error.js';
 import { PushFailedError } from '../errors/push-failed.error.js';
 import { PushConfigError } from '../errors/push-config.error.js';
+import { PushTransportServer } from './push-transport.server.js';
 import type { PushSubmitter } from '../interfaces/push-submitter.interface.js';
 import { DEFAULT_MAX_CONTENT_LENGTH, MAX_U16, PusherCmd, PusherReply, type PusherTaskError } from '../protocol/protocol.constants.js';
 import type { PusherTask } from '../protocol/pusher-task.codec.js';
@@ -19,7 +19,12 @@ export interface PusherTransportOptions {
   port?: number;
   /** Largest 0x20 content in bytes; longer tasks get 0x01. Keep it equal to the engine's. Default 500. */
   maxContentLength?: number;
-  /** A connection with no traffic either way for this long is closed. Default 600 s (DDPush). */
+  /**
+   * A connection that completes no task and gets no reply for this long is
+   * closed (a connection waiting on its replies is never idle). Only whole
+   * tasks count: a peer dripping one byte at a time (slowloris) is cut like a
+   * silent one. Default 600 s (DDPush).
+   */
   idleTimeoutMs?: number;
   /** Open connections at most; further ones are destroyed at once and counted. Default 1024. */
   maxConnections?: number;
@@ -161,6 +166,8 @@ class PusherConnection implements PusherTaskSink {
   private draining = false;
   private finished = false;
   closed = false;
+  /** When a task was last decoded or a reply written (ms): what idleness is judged on. */
+  lastProgress = Date.now();
   readonly address: string;
   readonly port: number;
 
@@ -188,7 +195,10 @@ class PusherConnection implements PusherTaskSink {
 
   onData(chunk: Buffer): void {
     if (this.fatal || this.draining || this.closed) return;
+    const before = this.base + this.codes.length;
     this.decoder.write(chunk);
+    // Whole tasks (good or bad) are progress; bytes of a partial one are not.
+    if (this.base + this.codes.length !== before) this.lastProgress = Date.now();
     const n = this.pipelined;
     if (n > this.owner.counters.peakPipelined) this.owner.counters.peakPipelined = n;
     this.updateFlow();
@@ -276,6 +286,7 @@ class PusherConnection implements PusherTaskSink {
         this.head = 0;
       }
       this.socket.write(out);
+      this.lastProgress = Date.now();
     }
     if (this.pipelined === 0 && (this.fatal || this.draining)) {
       this.finish();
@@ -319,9 +330,10 @@ class PusherConnection implements PusherTaskSink {
     setTimeout(() => this.socket.destroy(), 1_000).unref();
   }
 
-  timeout(): void {
-    // A connection waiting on a slow store is not idle: the reply write re-arms the timer.
-    if (this.pipelined > 0) return;
+  /** Closes the connection if it made no progress since `cutoff` (ms). */
+  checkIdle(cutoff: number): void {
+    // A connection waiting on a slow store is not idle: its replies are progress when they come.
+    if (this.closed || this.pipelined > 0 || this.lastProgress >= cutoff) return;
     this.onIdle();
   }
 
@@ -354,7 +366,7 @@ function toWrite(task: PusherTask): PendingWrite {
  *
  * Usable without Nest: `await new PusherTransportStrategy(engine, opts).start()`.
  */
-export class PusherTransportStrategy extends Server<PusherTransportEvents, PusherTransportStatus> implements CustomTransportStrategy {
+export class PusherTransportStrategy extends PushTransportServer<PusherTransportEvents, PusherTransportStatus> {
   override transportId = PUSHER_TRANSPORT;
   readonly options: ResolvedOptions;
   readonly counters: PusherTransportCounters = {
@@ -374,6 +386,7 @@ export class PusherTransportStrategy extends Server<PusherTransportEvents, Pushe
   private readonly connections = new Set<PusherConnection>();
   private readonly emitter = new EventEmitter();
   private server: NetServer | undefined;
+  private idleTimer: NodeJS.Timeout | undefined;
   private boundPort = 0;
 
   constructor(
@@ -413,15 +426,6 @@ export class PusherTransportStrategy extends Server<PusherTransportEvents, Pushe
     return [...this.connections].map((c) => ({ address: c.address, port: c.port, pipelined: c.pipelined, paused: c.paused }));
   }
 
-  async listen(callback: (...optionalParams: unknown[]) => unknown): Promise<void> {
-    try {
-      await this.start();
-      callback();
-    } catch (err) {
-      callback(err);
-    }
-  }
-
   /** Starts listening (also usable without Nest). */
   async start(): Promise<void> {
     if (this.server) return;
@@ -442,6 +446,15 @@ export class PusherTransportStrategy extends Server<PusherTransportEvents, Pushe
       throw err;
     }
     server.on('error', (err) => this.emitter.emit('error', err));
+    // One timer for all connections. Idleness is judged on whole tasks and on
+    // replies, not on bytes: socket.setTimeout is re-armed by any byte, so a
+    // peer dripping one byte a minute would hold its slot forever.
+    const idle = this.options.idleTimeoutMs;
+    this.idleTimer = setInterval(() => {
+      const cutoff = Date.now() - idle;
+      for (const c of this.connections) c.checkIdle(cutoff);
+    }, Math.max(10, Math.min(idle / 4, 30_000)));
+    this.idleTimer.unref();
     this._status$.next('listening');
     this.emitter.emit('listening', this.boundPort);
   }
@@ -475,7 +488,6 @@ export class PusherTransportStrategy extends Server<PusherTransportEvents, Pushe
       socket.destroy();
     });
     this.connections.add(conn);
-    socket.setTimeout(this.options.idleTimeoutMs, () => conn.timeout());
     socket.on('data', (chunk: Buffer) => conn.onData(chunk));
     socket.on('drain', () => conn.updateFlow());
     socket.on('end', () => conn.drain());
@@ -495,6 +507,8 @@ export class PusherTransportStrategy extends Server<PusherTransportEvents, Pushe
     const server = this.server;
     if (!server) return;
     this.server = undefined;
+    if (this.idleTimer) clearInterval(this.idleTimer);
+    this.idleTimer = undefined;
     const closed = new Promise<void>((r) => server.close(() => r()));
     for (const c of this.connections) c.drain();
     if (this.connections.size > 0) {

@@ -47,6 +47,20 @@ export class MemoryOfflineStore extends OfflineStore {
     this.touchGranularityMs = Math.min(60_000, Math.max(1, Math.floor(this.ttlMs / 100)));
   }
 
+  private sweepTimer: NodeJS.Timeout | undefined;
+
+  /** Starts the expiry sweep (unref'd: it never keeps the process alive). */
+  override async open(): Promise<void> {
+    if (this.sweepTimer) return;
+    this.sweepTimer = setInterval(() => this.sweep(), Math.min(60_000, Math.max(10, this.touchGranularityMs)));
+    this.sweepTimer.unref();
+  }
+
+  override async close(): Promise<void> {
+    if (this.sweepTimer) clearInterval(this.sweepTimer);
+    this.sweepTimer = undefined;
+  }
+
   write(uuid: string, push: PendingWrite): Promise<WriteResult> {
     try {
       return Promise.resolve(this.writeSync(uuid, push));

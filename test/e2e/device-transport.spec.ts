@@ -330,6 +330,22 @@ describe.each(['udp', 'tcp'] as const)('device transport over %s', (transport) =
     expect((await ok).content.toString()).toBe('yes');
   });
 
+  it('closes a TCP connection whose device is refused, so it cannot hold a connection slot', async () => {
+    const s = await server({ admission: () => false });
+    if (transport !== 'tcp') {
+      // UDP has no connection to close: the datagram is dropped and counted.
+      const d = device(s, transport);
+      await d.connect();
+      await waitFor(() => s.engine.counters.drops['admission-refused'] === 1, 'the refusal');
+      return;
+    }
+    const raw = await rawTcp(s);
+    raw.sock.write(frame(ClientCmd.Heartbeat, newUuid()));
+    await within(raw.closed, 'the refused connection to be closed');
+    expect(s.engine.counters.drops['admission-refused']).toBe(1);
+    expect(s.engine.tcpLinkCount).toBe(0);
+  });
+
   it('expires a record that stops heartbeating (offline first, then gone)', async () => {
     const s = await server({ reachableWindowMs: 150, expiryMs: 300, sweepIntervalMs: 20 });
     const d = device(s, transport);
