@@ -15,7 +15,6 @@
 // devices and their pusher connection on its main thread. Loopback only.
 //
 // Usage: npm run build && node bench/floods.mjs [--seconds 10] [--scenarios idle,garbage,...]
-import { fork } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { connect } from 'node:net';
 import { cpus, loadavg, setPriority } from 'node:os';
@@ -23,6 +22,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
+import { startServerChild } from './lib/server-child.mjs';
 
 const SELF = fileURLToPath(import.meta.url);
 
@@ -80,37 +80,6 @@ async function serve(opts) {
   process.send({ type: 'ready', devicePort: device.port, pusherPort: pusher.port });
 }
 
-function startChild(opts) {
-  let stderr = '';
-  const child = fork(SELF, ['--serve', JSON.stringify(opts)], { execArgv: ['--expose-gc'], stdio: ['ignore', 'ignore', 'pipe', 'ipc'] });
-  child.stderr.on('data', (d) => (stderr = (stderr + d).slice(-4000)));
-  const waiting = new Map();
-  let nextId = 0;
-  const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal, stderr })));
-  const ready = new Promise((resolve, reject) => {
-    child.on('message', (m) => {
-      if (m.type === 'ready') resolve(m);
-      else if (m.type === 'stats') waiting.get(m.id)?.(m.stats), waiting.delete(m.id);
-    });
-    exited.then((e) => reject(new Error(`server child exited during start (${e.code ?? e.signal}): ${e.stderr}`)));
-  });
-  return {
-    child,
-    ready,
-    exited,
-    stats: (gc = false, resetLoop = false) =>
-      new Promise((resolve, reject) => {
-        const id = nextId++;
-        waiting.set(id, resolve);
-        child.send({ type: 'stats', id, gc, resetLoop }, (err) => err && reject(err));
-        exited.then(() => reject(new Error('server child is gone')));
-      }),
-    stop: () => {
-      child.disconnect?.();
-      return exited;
-    },
-  };
-}
 
 // ------------------------------------------------------------------- main
 
@@ -124,7 +93,7 @@ async function main() {
   });
   const seconds = Number(values.seconds);
   const lib = await import('../dist/index.js');
-  const server = startChild(SERVER);
+  const server = startServerChild(SELF, SERVER);
   const { devicePort, pusherPort } = await server.ready;
   let crashed = null;
   let stopping = false;

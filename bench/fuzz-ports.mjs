@@ -17,12 +17,12 @@
 // server's memory after each round (after GC) tells a leak (growing every
 // round) from a high-water mark (growing once).
 // Loopback only; bounded (stops after the frames are sent); exits non-zero on a crash.
-import { fork } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { connect } from 'node:net';
 import { cpus, loadavg } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { startServerChild } from './lib/server-child.mjs';
 
 const SELF = fileURLToPath(import.meta.url);
 
@@ -71,37 +71,6 @@ async function serve(opts) {
   process.send({ type: 'ready', devicePort: device.port, pusherPort: pusher.port });
 }
 
-function startChild(file, opts) {
-  let stderr = '';
-  const child = fork(file, ['--serve', JSON.stringify(opts)], { execArgv: ['--expose-gc'], stdio: ['ignore', 'ignore', 'pipe', 'ipc'] });
-  child.stderr.on('data', (d) => (stderr = (stderr + d).slice(-4000)));
-  const waiting = new Map();
-  let nextId = 0;
-  const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal, stderr })));
-  const ready = new Promise((resolve, reject) => {
-    child.on('message', (m) => {
-      if (m.type === 'ready') resolve(m);
-      else if (m.type === 'stats') waiting.get(m.id)?.(m.stats), waiting.delete(m.id);
-    });
-    exited.then((e) => reject(new Error(`server child exited during start (${e.code ?? e.signal}): ${e.stderr}`)));
-  });
-  return {
-    child,
-    ready,
-    exited,
-    stats: (gc = false) =>
-      new Promise((resolve, reject) => {
-        const id = nextId++;
-        waiting.set(id, resolve);
-        child.send({ type: 'stats', id, gc }, (err) => err && reject(err));
-        exited.then(() => reject(new Error('server child is gone')));
-      }),
-    stop: () => {
-      child.disconnect?.();
-      return exited;
-    },
-  };
-}
 
 // ------------------------------------------------------------------- main
 
@@ -119,7 +88,7 @@ async function main() {
   const rnd = prng(Number(values.seed));
   const lib = await import('../dist/index.js');
 
-  const server = startChild(SELF, { engine: { maxDevices: 200_000 } });
+  const server = startServerChild(SELF, { engine: { maxDevices: 200_000 } });
   const { devicePort, pusherPort } = await server.ready;
   let crash = null;
   let stopping = false;

@@ -24,13 +24,13 @@
 //
 // Usage: npm run build && node bench/soak.mjs [--minutes 30] [--sample-ms 10000]
 //        [--rate 200] [--max-slope 10] [--no-gc] [--out bench/results]
-import { fork } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { startServerChild } from './lib/server-child.mjs';
 
 const SELF = fileURLToPath(import.meta.url);
 
@@ -73,37 +73,6 @@ async function serve(opts) {
   process.send({ type: 'ready', devicePort: device.port, pusherPort: pusher.port });
 }
 
-function startChild(opts) {
-  let stderr = '';
-  const child = fork(SELF, ['--serve', JSON.stringify(opts)], { execArgv: ['--expose-gc'], stdio: ['ignore', 'ignore', 'pipe', 'ipc'] });
-  child.stderr.on('data', (d) => (stderr = (stderr + d).slice(-4000)));
-  const waiting = new Map();
-  let nextId = 0;
-  const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal, stderr })));
-  const ready = new Promise((resolve, reject) => {
-    child.on('message', (m) => {
-      if (m.type === 'ready') resolve(m);
-      else if (m.type === 'stats') waiting.get(m.id)?.(m.stats), waiting.delete(m.id);
-    });
-    exited.then((e) => reject(new Error(`server child exited during start (${e.code ?? e.signal}): ${e.stderr}`)));
-  });
-  return {
-    child,
-    ready,
-    exited,
-    stats: (gc = false) =>
-      new Promise((resolve, reject) => {
-        const id = nextId++;
-        waiting.set(id, resolve);
-        child.send({ type: 'stats', id, gc }, (err) => err && reject(err));
-        exited.then(() => reject(new Error('server child is gone')));
-      }),
-    stop: () => {
-      child.disconnect?.();
-      return exited;
-    },
-  };
-}
 
 // ------------------------------------------------------------------- main
 
@@ -127,7 +96,7 @@ async function main() {
   const SERVER = { engine: { reachableWindowMs: Math.min(30_000, expiryMs), expiryMs } };
   const lib = await import('../dist/index.js');
 
-  const server = startChild(SERVER);
+  const server = startServerChild(SELF, SERVER);
   const { devicePort, pusherPort } = await server.ready;
   let crashed = null;
   let stopping = false;
