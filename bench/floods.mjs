@@ -17,12 +17,13 @@
 // Usage: npm run build && node bench/floods.mjs [--seconds 10] [--scenarios idle,garbage,...]
 import { createSocket } from 'node:dgram';
 import { connect } from 'node:net';
-import { cpus, loadavg, setPriority } from 'node:os';
+import { setPriority } from 'node:os';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
-import { startServerChild } from './lib/server-child.mjs';
+import { startServer, startServerChild } from './lib/server-child.mjs';
+import { machine, sleep, mb, delta, fmtInt } from './lib/format.mjs';
 
 const SELF = fileURLToPath(import.meta.url);
 
@@ -40,16 +41,7 @@ else await main();
 // ------------------------------------------------------------ server child
 
 async function serve(opts) {
-  const lib = await import('../dist/index.js');
-  const store = new lib.MemoryOfflineStore(opts.store ?? {});
-  const engine = new lib.DeviceEngine(store, new lib.LocalPushRouter(), opts.engine ?? {});
-  const dispatcher = new lib.PushDispatcher(engine, store, opts.send ?? {});
-  const device = new lib.DeviceTransportStrategy(engine, { host: '127.0.0.1', port: 0, ...opts.device });
-  const pusher = new lib.PusherTransportStrategy(dispatcher, { host: '127.0.0.1', port: 0, maxContentLength: engine.options.maxContentLength, ...opts.pusher });
-  device.on('error', () => {});
-  pusher.on('error', () => {});
-  await device.start();
-  await pusher.start();
+  const { lib, store, engine, dispatcher, device, pusher } = await startServer(opts);
   // How long the server's own event loop was blocked: tells server stalls from scheduling delay elsewhere on the box.
   const loop = monitorEventLoopDelay({ resolution: 5 });
   loop.enable();
@@ -451,18 +443,3 @@ async function attacker(o) {
 
 // -------------------------------------------------------------------- misc
 
-function machine() {
-  return `${cpus().length} CPUs, load average ${loadavg().map((l) => l.toFixed(1)).join(' ')}, Node ${process.version}`;
-}
-function sleep(ms) {
-  return new Promise((r) => setTimeout(r, ms));
-}
-function mb(b) {
-  return `${(b / 1048576).toFixed(1)} MiB`;
-}
-function delta(b) {
-  return `${b >= 0 ? '+' : ''}${(b / 1048576).toFixed(1)} MiB`;
-}
-function fmtInt(n) {
-  return n.toLocaleString('en-US');
-}

@@ -19,10 +19,10 @@
 // Loopback only; bounded (stops after the frames are sent); exits non-zero on a crash.
 import { createSocket } from 'node:dgram';
 import { connect } from 'node:net';
-import { cpus, loadavg } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { startServerChild } from './lib/server-child.mjs';
+import { startServer, startServerChild } from './lib/server-child.mjs';
+import { machine, sleep, mb, delta, fmtInt } from './lib/format.mjs';
 
 const SELF = fileURLToPath(import.meta.url);
 
@@ -32,18 +32,9 @@ else await main();
 // ------------------------------------------------------------ server child
 
 async function serve(opts) {
-  const lib = await import('../dist/index.js');
-  const store = new lib.MemoryOfflineStore(opts.store ?? {});
-  const engine = new lib.DeviceEngine(store, new lib.LocalPushRouter(), opts.engine ?? {});
-  const dispatcher = new lib.PushDispatcher(engine, store, opts.send ?? {});
-  const device = new lib.DeviceTransportStrategy(engine, { host: '127.0.0.1', port: 0, ...opts.device });
-  const pusher = new lib.PusherTransportStrategy(dispatcher, { host: '127.0.0.1', port: 0, maxContentLength: engine.options.maxContentLength, ...opts.pusher });
   // Socket errors (ICMP unreachable for a closed fuzz socket, ...) are counted, not logged.
   let socketErrors = 0;
-  device.on('error', () => socketErrors++);
-  pusher.on('error', () => socketErrors++);
-  await device.start();
-  await pusher.start();
+  const { lib, store, engine, dispatcher, device, pusher } = await startServer(opts, () => socketErrors++);
   const stats = (gc) => {
     if (gc) globalThis.gc?.();
     const m = process.memoryUsage();
@@ -370,19 +361,4 @@ function prng(seed) {
 }
 function memLine(s) {
   return `RSS ${mb(s.rss)}, heap ${mb(s.heapUsed)}, external ${mb(s.external)} (after GC)`;
-}
-function machine() {
-  return `${cpus().length} CPUs, load average ${loadavg().map((l) => l.toFixed(1)).join(' ')}, Node ${process.version}`;
-}
-function sleep(ms) {
-  return new Promise((r) => setTimeout(r, ms));
-}
-function mb(b) {
-  return `${(b / 1048576).toFixed(1)} MiB`;
-}
-function delta(b) {
-  return `${b >= 0 ? '+' : ''}${(b / 1048576).toFixed(1)} MiB`;
-}
-function fmtInt(n) {
-  return n.toLocaleString('en-US');
 }

@@ -26,27 +26,18 @@
 //        [--rate 200] [--max-slope 10] [--no-gc] [--out bench/results]
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
-import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { startServerChild } from './lib/server-child.mjs';
+import { startServer, startServerChild } from './lib/server-child.mjs';
+import { machine, sleep } from './lib/format.mjs';
 
 const SELF = fileURLToPath(import.meta.url);
 
 // ------------------------------------------------------------ server child
 
 async function serve(opts) {
-  const lib = await import('../dist/index.js');
-  const store = new lib.MemoryOfflineStore(opts.store ?? {});
-  const engine = new lib.DeviceEngine(store, new lib.LocalPushRouter(), opts.engine ?? {});
-  const dispatcher = new lib.PushDispatcher(engine, store, opts.send ?? {});
-  const device = new lib.DeviceTransportStrategy(engine, { host: '127.0.0.1', port: 0, ...opts.device });
-  const pusher = new lib.PusherTransportStrategy(dispatcher, { host: '127.0.0.1', port: 0, maxContentLength: engine.options.maxContentLength, ...opts.pusher });
-  device.on('error', () => {});
-  pusher.on('error', () => {});
-  await device.start();
-  await pusher.start();
+  const { lib, store, engine, dispatcher, device, pusher } = await startServer(opts);
   process.on('message', (m) => {
     if (m.type !== 'stats') return;
     if (m.gc) globalThis.gc?.();
@@ -417,12 +408,6 @@ ${Object.entries(verdict)
 function fmtTime(s) {
   const m = Math.floor(s / 60);
   return `${m}:${String(Math.floor(s % 60)).padStart(2, '0')}`;
-}
-function machine() {
-  return `${cpus().length} CPUs, load average ${loadavg().map((l) => l.toFixed(1)).join(' ')}, Node ${process.version}`;
-}
-function sleep(ms) {
-  return new Promise((r) => setTimeout(r, ms));
 }
 
 // Last, so the classes above are initialised before main runs.

@@ -36,3 +36,22 @@ export function startServerChild(file, opts) {
     },
   };
 }
+
+/**
+ * The server a hardening script's child runs: memory store, engine,
+ * dispatcher and both transports on 127.0.0.1 (free ports), from the built
+ * dist. `onError` receives socket errors (fuzzing provokes ICMP unreachables).
+ */
+export async function startServer(opts, onError = () => {}) {
+  const lib = await import('../../dist/index.js');
+  const store = new lib.MemoryOfflineStore(opts.store ?? {});
+  const engine = new lib.DeviceEngine(store, new lib.LocalPushRouter(), opts.engine ?? {});
+  const dispatcher = new lib.PushDispatcher(engine, store, opts.send ?? {});
+  const device = new lib.DeviceTransportStrategy(engine, { host: '127.0.0.1', port: 0, ...opts.device });
+  const pusher = new lib.PusherTransportStrategy(dispatcher, { host: '127.0.0.1', port: 0, maxContentLength: engine.options.maxContentLength, ...opts.pusher });
+  device.on('error', onError);
+  pusher.on('error', onError);
+  await device.start();
+  await pusher.start();
+  return { lib, store, engine, dispatcher, device, pusher };
+}
