@@ -8,26 +8,19 @@ import { DeviceClient } from '../../lib/client/device.client.js';
 import { PusherClient, type PusherClientStatus } from '../../lib/client/pusher.client.js';
 import { PusherClientError } from '../../lib/errors/pusher-client.error.js';
 import { PusherRejectedError } from '../../lib/errors/pusher-rejected.error.js';
-import type { PushSubmitter } from '../../lib/interfaces/push-submitter.interface.js';
 import { uuidFromKey } from '../../lib/protocol/index.js';
 import { PusherTransportStrategy } from '../../lib/server/pusher-transport.strategy.js';
-import { startPusherOnly, startPusherServer, until } from '../helpers/pusher-server.js';
+import { ScriptedSubmitter, startPusherOnly, startPusherServer, until } from '../helpers/pusher-server.js';
 
 const hexKey = (k: string) => uuidFromKey(k).toString('hex');
 
 /** A real submitter that holds every submit until `release()` (or resolves at once when not holding). */
-class HoldingSubmitter implements PushSubmitter {
-  calls = 0;
-  private held: (() => void)[] = [];
-  constructor(public holding = true) {}
-  submit(): Promise<unknown> {
-    this.calls++;
-    return new Promise<void>((resolve) => (this.holding ? this.held.push(resolve) : resolve()));
-  }
-  release(): void {
-    this.holding = false;
-    for (const r of this.held.splice(0)) r();
-  }
+
+/** A submitter that stores nothing until released (the pusher port then replies 0x00). */
+function holdingSubmitter(): ScriptedSubmitter {
+  const sub = new ScriptedSubmitter();
+  sub.holding = true;
+  return sub;
 }
 
 describe('PusherClient', () => {
@@ -132,7 +125,7 @@ describe('PusherClient', () => {
   });
 
   it('bounds the client-side queue: beyond maxQueued a push fails at once with queue-full', async () => {
-    const sub = new HoldingSubmitter();
+    const sub = holdingSubmitter();
     const p = await startPusherOnly(sub);
     cleanup.push(() => p.close());
     const c = client(p.port, { maxInFlight: 2, maxQueued: 3 });
@@ -144,21 +137,21 @@ describe('PusherClient', () => {
     expect(e).toBeInstanceOf(PusherClientError);
     expect(e).toMatchObject({ reason: 'queue-full', maybeStored: false });
     expect((e as Error).message).toMatch(/maxQueued/);
-    await until(() => sub.calls === 2, 2000, 'two submits');
+    await until(() => sub.calls.length === 2, 2000, 'two submits');
     sub.release();
     await Promise.all(pending);
-    expect(sub.calls).toBe(5);
+    expect(sub.calls.length).toBe(5);
     expect(c.counters.queueFull).toBe(1);
   });
 
   it('fails in-flight pushes with connection-lost (maybe stored) when the connection dies, without resending them', async () => {
-    const sub = new HoldingSubmitter();
+    const sub = holdingSubmitter();
     const p = await startPusherOnly(sub, { closeTimeoutMs: 50 });
     const c = client(p.port, { reconnectInitialDelayMs: 20 });
     await c.connect();
     const port = p.port;
     const pushes = Array.from({ length: 3 }, (_, i) => c.push({ key: `l${i}`, kind: 'notice' }).catch((x: unknown) => x));
-    await until(() => sub.calls === 3, 2000, 'three submits');
+    await until(() => sub.calls.length === 3, 2000, 'three submits');
     await p.close(); // the held submits never settle: cut after 50 ms
     const errs = await Promise.all(pushes);
     for (const e of errs) {
@@ -172,7 +165,7 @@ describe('PusherClient', () => {
     cleanup.push(() => p2.close());
     await firstValueFrom(c.status.pipe(filter((st) => st === 'connected'), timeout(3000)));
     await until(() => p2.counters.connections === 1, 2000, 'reconnected');
-    expect(sub.calls).toBe(3);
+    expect(sub.calls.length).toBe(3);
     expect(c.counters.lost).toBe(3);
   });
 
@@ -207,7 +200,7 @@ describe('PusherClient', () => {
     const c = client(port);
     await expect(c.push({ key: 'x', kind: 'notice' })).rejects.toThrow(/refused; is the push server running/);
 
-    const sub = new HoldingSubmitter();
+    const sub = holdingSubmitter();
     const p = await startPusherOnly(sub);
     cleanup.push(() => p.close());
     const t = client(p.port, { timeoutMs: 100 });

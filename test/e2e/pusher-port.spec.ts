@@ -2,11 +2,10 @@ import { connect } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PayloadTooLargeError } from '../../lib/errors/payload-too-large.error.js';
 import { PushConfigError } from '../../lib/errors/push-config.error.js';
-import type { PushSource, PushSubmitter } from '../../lib/interfaces/push-submitter.interface.js';
+import type { PushSubmitter } from '../../lib/interfaces/push-submitter.interface.js';
 import { encodePusherTask, PusherCmd, uuidFromKey, uuidToHex } from '../../lib/protocol/index.js';
 import { PusherTransportStrategy } from '../../lib/server/pusher-transport.strategy.js';
-import type { PendingWrite } from '../../lib/store/offline-store.js';
-import { RawPusherConnection, startPusherOnly, startPusherServer, until } from '../helpers/pusher-server.js';
+import { RawPusherConnection, ScriptedSubmitter, startPusherOnly, startPusherServer, until } from '../helpers/pusher-server.js';
 
 const uuidOf = (i: number) => uuidFromKey(`user-${i}`);
 const hexOf = (i: number) => uuidToHex(uuidOf(i));
@@ -14,38 +13,6 @@ const notice = (i: number) => encodePusherTask({ cmd: PusherCmd.Notice, uuid: uu
 const message = (i: number, text: string | Buffer) => encodePusherTask({ cmd: PusherCmd.Message, uuid: uuidOf(i), content: Buffer.from(text) });
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** A real PushSubmitter whose outcome and timing each test chooses per call (call index = task order). */
-class ScriptedSubmitter implements PushSubmitter {
-  readonly calls: { uuid: string; write: PendingWrite; source: PushSource }[] = [];
-  readonly settled: number[] = [];
-  private held: (() => void)[] = [];
-  holding = false;
-
-  constructor(private readonly plan: (index: number) => { delayMs: number; fail?: Error } = () => ({ delayMs: 0 })) {}
-
-  submit(uuid: string, write: PendingWrite, source: PushSource): Promise<unknown> {
-    const index = this.calls.length;
-    this.calls.push({ uuid, write, source });
-    return new Promise((resolve, reject) => {
-      const run = () => {
-        const { delayMs, fail } = this.plan(index);
-        setTimeout(() => {
-          this.settled.push(index);
-          if (fail) reject(fail);
-          else resolve({ index });
-        }, delayMs);
-      };
-      if (this.holding) this.held.push(run);
-      else run();
-    });
-  }
-
-  /** Lets every held submit (and every later one) proceed. */
-  release(): void {
-    this.holding = false;
-    for (const run of this.held.splice(0)) run();
-  }
-}
 
 describe('pusher port (TCP 9999): protocol.md section 5', () => {
   const cleanup: (() => unknown)[] = [];

@@ -1,9 +1,9 @@
 import { connect, type Socket } from 'node:net';
 import type { DeviceEngineOptions } from '../../lib/device/device-engine.options.js';
-import type { PushSubmitter } from '../../lib/interfaces/push-submitter.interface.js';
+import type { PushSource, PushSubmitter } from '../../lib/interfaces/push-submitter.interface.js';
 import { PusherTransportStrategy, type PusherTransportOptions } from '../../lib/server/pusher-transport.strategy.js';
 import type { DeviceTransportOptions } from '../../lib/server/device-transport.strategy.js';
-import type { OfflineStore } from '../../lib/store/offline-store.js';
+import type { OfflineStore, PendingWrite } from '../../lib/store/offline-store.js';
 import { startDeviceServer } from './device-server.js';
 
 /** A device server plus a pusher port on the same engine, both on 127.0.0.1 port 0. */
@@ -121,5 +121,38 @@ export async function until(cond: () => boolean, timeoutMs = 3_000, what = 'cond
   while (!cond()) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/** A real PushSubmitter whose outcome and timing each test chooses per call (call index = task order). */
+export class ScriptedSubmitter implements PushSubmitter {
+  readonly calls: { uuid: string; write: PendingWrite; source: PushSource }[] = [];
+  readonly settled: number[] = [];
+  private held: (() => void)[] = [];
+  holding = false;
+
+  constructor(private readonly plan: (index: number) => { delayMs: number; fail?: Error } = () => ({ delayMs: 0 })) {}
+
+  submit(uuid: string, write: PendingWrite, source: PushSource): Promise<unknown> {
+    const index = this.calls.length;
+    this.calls.push({ uuid, write, source });
+    return new Promise((resolve, reject) => {
+      const run = () => {
+        const { delayMs, fail } = this.plan(index);
+        setTimeout(() => {
+          this.settled.push(index);
+          if (fail) reject(fail);
+          else resolve({ index });
+        }, delayMs);
+      };
+      if (this.holding) this.held.push(run);
+      else run();
+    });
+  }
+
+  /** Lets every held submit (and every later one) proceed. */
+  release(): void {
+    this.holding = false;
+    for (const run of this.held.splice(0)) run();
   }
 }
