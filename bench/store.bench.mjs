@@ -80,19 +80,18 @@ async function runMain() {
     // turn resolved together at its end (one gate per turn, like a group commit that costs nothing).
     scenarios['memory, deferred'] = () => {
       const m = new MemoryOfflineStore({ maxBytes: 1 << 30 });
-      const write = m.write.bind(m);
-      let gate = null;
-      m.write = (u, w) => {
-        if (!gate) {
-          let open;
-          gate = new Promise((r) => (open = r));
+      const writeThen = m.writeThen.bind(m);
+      let waiting = null;
+      m.writeThen = (u, w, done) => {
+        if (!waiting) {
+          const batch = (waiting = []);
           setImmediate(() => {
-            gate = null;
-            open();
+            waiting = null;
+            for (let i = 0; i < batch.length; i += 3) batch[i](batch[i + 1], batch[i + 2]);
           });
         }
-        const g = gate;
-        return write(u, w).then((r) => g.then(() => r));
+        const batch = waiting;
+        writeThen(u, w, (err, r) => batch.push(done, err, r));
       };
       return m;
     };

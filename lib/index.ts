@@ -11,14 +11,14 @@ export { PushRouter, type DeviceRoute, type LocalRouteSource } from './router/pu
 export { LocalPushRouter } from './router/local-push-router.js';
 export { DeviceTransportStrategy, DeviceEventContext, type DeviceTransportOptions, type DeviceTransportStatus } from './server/device-transport.strategy.js';
 export { DeviceClient, type DeviceClientOptions, type DeviceMessage, type DeviceClientStatus } from './client/device.client.js';
-export type { PushSubmitter, PushSource } from './interfaces/push-submitter.interface.js';
+export type { PushSubmitter, PushSource, SubmitCallback } from './interfaces/push-submitter.interface.js';
 export { PusherTransportStrategy, type PusherTransportOptions, type PusherTransportStatus, type PusherTransportEvents, type PusherTransportCounters, type PusherConnectionInfo } from './server/pusher-transport.strategy.js';
 export { PusherClient, type PusherClientOptions, type PusherPush, type PusherClientStatus, type PusherClientEvents, type PusherClientCounters } from './client/pusher.client.js';
 export { PushModule, PushLifecycle, PUSH_OPTIONS } from './push.module.js';
 export { PUSH_MODULE_OPTIONS } from './push.module-definition.js';
 export { PushService, type PushStats } from './push.service.js';
 export { connectPushTransports } from './push-transports.js';
-export { PushDispatcher, type PushDispatcherOptions } from './dispatch/push-dispatcher.js';
+export { PushDispatcher, type PushDispatcherOptions, type AcceptCallback, type OutcomeCallback } from './dispatch/push-dispatcher.js';
 export { PermitQueueFullError } from './dispatch/permit-pool.js';
 export { TagLimitError } from './dispatch/tag-index.js';
 export * from './decorators/push-handler.decorator.js';

@@ -115,7 +115,7 @@ export class PushService {
             done();
             break;
           }
-          void this.dispatcher.dispatch(target, write, options).then(emit);
+          this.dispatcher.dispatchThen(target, write, options, undefined, emit);
         }
       })().then(done, (err) => subscriber.error(err));
       return () => {

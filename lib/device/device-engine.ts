@@ -1,13 +1,13 @@
 import { Subject, type Observable } from 'rxjs';
 import { PayloadTooLargeError } from '../errors/payload-too-large.error.js';
 import type { DeviceTransportKind, PushKind } from '../interfaces/push-kind.interface.js';
-import type { PushSource, PushSubmitter } from '../interfaces/push-submitter.interface.js';
+import type { PushSource, PushSubmitter, SubmitCallback } from '../interfaces/push-submitter.interface.js';
 import { type ClientFrame } from '../protocol/client-frame.codec.js';
 import { ClientCmd, type ClientFrameError } from '../protocol/protocol.constants.js';
 import { encodeCategory, encodeHeartbeatEcho, encodeMessage, encodeNotice } from '../protocol/server-frame.codec.js';
 import { normalizeUuid, uuidToHex } from '../protocol/uuid.util.js';
 import type { DeviceRoute, LocalRouteSource, PushRouter } from '../router/push-router.js';
-import type { OfflineStore, PendingState, PendingWrite, WriteResult } from '../store/offline-store.js';
+import { asError, type OfflineStore, type PendingState, type PendingWrite, type WriteResult } from '../store/offline-store.js';
 import type { DeviceDropReason, DeviceEvent, OfflineReason } from './device-event.interface.js';
 import { type DeviceEngineOptions, type ResolvedDeviceEngineOptions, resolveDeviceEngineOptions } from './device-engine.options.js';
 import { DeviceFlag, DeviceTable, PENDING_ANY } from './device-table.js';
@@ -38,6 +38,9 @@ export interface PushDispatch extends WriteResult {
   /** The device is registered here and reachable. */
   reachable: boolean;
 }
+
+/** How `pushThen` reports: `err` set when nothing was stored. */
+export type PushCallback = (err: Error | null, d: PushDispatch | null) => void;
 
 /** A device's state as the DDPush console would show it. */
 export interface DeviceInspection {
@@ -97,8 +100,12 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
   private readonly links = new Map<number, DeviceLink>();
   /** IPv6 (and IPv4-mapped) addresses, for the few records that have one. */
   private readonly ipv6 = new Map<number, string>();
-  /** Records whose store read was asked for again while one was in flight. */
-  private readonly reload = new Set<number>();
+  /**
+   * Records whose store read was asked for again while one was in flight,
+   * with the kinds (`KIND_FLAG` bits) sent meanwhile. Holds only records
+   * with a read in flight.
+   */
+  private readonly reload = new Map<number, number>();
   private udp: UdpSink | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
   private sweepCursor = 0;
@@ -333,21 +340,26 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
    * more read after it, since the read in flight may predate the write it was
    * asked for.
    */
-  private load(id: number, uuid: string, addressChanged: boolean, again = false): void {
+  private load(id: number, uuid: string, addressChanged: boolean, again = false, skip = 0): void {
     const t = this.table;
     if (t.flags[id]! & DeviceFlag.Loading) {
-      if (again) this.reload.add(id);
+      if (again && !this.reload.has(id)) this.reload.set(id, 0);
       return;
     }
     t.flags[id]! |= DeviceFlag.Loading;
     this.store.read(uuid).then(
       (state) => {
-        const rerun = this.reload.delete(id);
+        const sentMeanwhile = this.reload.get(id);
+        this.reload.delete(id);
         if (!this.sameRecord(id, uuid)) return;
         t.flags[id]! &= ~DeviceFlag.Loading;
+        // A write landed while this read was in flight: the state read may
+        // predate it, and applying it would forget the push (and the ack
+        // tracking of a push sent meanwhile). Read again instead; what was
+        // sent after this read began is out already and is not sent twice.
+        if (sentMeanwhile !== undefined) return this.load(id, uuid, addressChanged, false, skip | sentMeanwhile);
         this.applyPending(id, state);
-        if (!state || !this.sendPending(id, uuid, state, true)) this.echo(id, addressChanged);
-        if (rerun) this.load(id, uuid, false);
+        if (!state || !this.sendPending(id, uuid, state, true, skip)) this.echo(id, addressChanged);
       },
       () => {
         this.reload.delete(id);
@@ -375,13 +387,23 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
     if (!(f & DeviceFlag.PendingMessage)) this.resetTx(id, 'message');
   }
 
-  /** Sends every pending kind; false when nothing went out. */
-  private sendPending(id: number, uuid: string, state: PendingState, resend: boolean): boolean {
-    const appId = this.table.appId[id]!;
+  /**
+   * Sends every pending kind; false when nothing went out. `skip` (`KIND_FLAG`
+   * bits): a notice or message of those kinds already out at the pending
+   * version and awaiting its ack is not sent again.
+   */
+  private sendPending(id: number, uuid: string, state: PendingState, resend: boolean, skip = 0): boolean {
+    const t = this.table;
+    const appId = t.appId[id]!;
     let sent = false;
-    if (state.notice) sent = this.sendKind(id, uuid, 'notice', state.notice, encodeNotice(appId), resend) || sent;
+    const out = (kind: 'notice' | 'message', version: number) =>
+      (skip & KIND_FLAG[kind]) !== 0 &&
+      (kind === 'notice' ? t.txNoticeVersion[id] === version && t.txNoticeCount[id]! > 0 : t.txMessageVersion[id] === version && t.txMessageCount[id]! > 0);
+    if (state.notice && !out('notice', state.notice)) sent = this.sendKind(id, uuid, 'notice', state.notice, encodeNotice(appId), resend) || sent;
     if (state.category) sent = this.sendKind(id, uuid, 'category', state.categoryVersion, encodeCategory(appId, state.category), resend) || sent;
-    if (state.message) sent = this.sendKind(id, uuid, 'message', state.messageVersion, encodeMessage(appId, state.message), resend) || sent;
+    if (state.message && !out('message', state.messageVersion)) {
+      sent = this.sendKind(id, uuid, 'message', state.messageVersion, encodeMessage(appId, state.message), resend) || sent;
+    }
     return sent;
   }
 
@@ -523,10 +545,47 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
    * reachable, sends it at once. Resolves once the store has accepted the
    * push; rejects (storing nothing) on an oversized message or a store error.
    */
-  async push(uuid: string, write: PendingWrite): Promise<PushDispatch> {
-    // Store keys are lowercase hex: an upper-case or malformed uuid must not be
-    // stored under a key the device's heartbeat never reads.
-    uuid = normalizeUuid(uuid);
+  push(uuid: string, write: PendingWrite): Promise<PushDispatch> {
+    return new Promise((resolve, reject) => this.pushThen(uuid, write, (err, d) => (err ? reject(err) : resolve(d!))));
+  }
+
+  /**
+   * `push` for the hot path (the dispatcher): the same steps, reported through
+   * `done` (exactly once, possibly before this returns) rather than a chain of
+   * promises per push.
+   */
+  pushThen(uuid: string, write: PendingWrite, done: PushCallback): void {
+    try {
+      // Store keys are lowercase hex: an upper-case or malformed uuid must not be
+      // stored under a key the device's heartbeat never reads.
+      uuid = normalizeUuid(uuid);
+      this.checkWrite(write);
+    } catch (err) {
+      done(asError(err), null);
+      return;
+    }
+    this.counters.pushes++;
+    const observe = this.storeWriteObserver;
+    const t0 = observe ? performance.now() : 0;
+    this.store.writeThen(uuid, write, (err, r) => {
+      if (err) return done(err, null);
+      if (observe) observe((performance.now() - t0) / 1000);
+      let d: PushDispatch;
+      try {
+        d = this.afterWrite(uuid, write, r as PushDispatch);
+      } catch {
+        // Stored, but the send threw (a transport closing under us): the push
+        // is accepted and stays pending for the device's next heartbeat.
+        d = r as PushDispatch;
+        d.uuid = uuid;
+        d.sentVia = null;
+        d.reachable = false;
+      }
+      done(null, d);
+    });
+  }
+
+  private checkWrite(write: PendingWrite): void {
     if (write.kind === 'message' && write.content.length === 0) {
       throw new RangeError('Message content is empty: a 0x20 message carries 1..maxContentLength bytes');
     }
@@ -537,40 +596,34 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
     if (write.kind === 'category' && (write.mask <= 0n || write.mask >= 1n << 64n)) {
       throw new RangeError(`Category mask must be a non-zero 64-bit value, got ${write.mask}`);
     }
-    // A pending message may be kept for hours (the memory store keeps this very
-    // Buffer). A view into a larger buffer (Node's shared 8 KiB allocation
-    // pool, a request body) would keep all of it alive, so the store's maxBytes
-    // would count a fraction of the memory held: keep an exact-size copy.
-    if (write.kind === 'message' && write.content.byteLength !== write.content.buffer.byteLength) {
-      const own = Buffer.allocUnsafeSlow(write.content.length);
-      own.set(write.content);
-      write = { kind: 'message', content: own };
-    }
-    this.counters.pushes++;
-    const observe = this.storeWriteObserver;
-    const t0 = observe ? performance.now() : 0;
-    // The store's result object is ours: extend it rather than copy it.
-    const d = (await this.store.write(uuid, write)) as PushDispatch;
-    if (observe) observe((performance.now() - t0) / 1000);
+  }
+
+  /** The store holds the push: send it if the device is reachable here. The store's result object is ours: extended, not copied. */
+  private afterWrite(uuid: string, write: PendingWrite, d: PushDispatch): PushDispatch {
     d.uuid = uuid;
     d.sentVia = null;
     d.reachable = false;
     const id = this.findHex(uuid);
     if (id < 0) return d;
+    // A store read in flight may predate this write: have it read again.
+    const loading = (this.table.flags[id]! & DeviceFlag.Loading) !== 0;
+    if (loading && !this.reload.has(id)) this.reload.set(id, 0);
     this.table.flags[id]! |= KIND_FLAG[write.kind];
     const now = Date.now();
     d.reachable = this.links.has(id) || this.udpReachable(id, now);
     // A queued message behind an unacked one waits for that ack (see handleAck).
     if (!d.reachable || !d.head) return d;
-    const result = d;
     const appId = this.table.appId[id]!;
     const frame =
       write.kind === 'notice'
         ? encodeNotice(appId)
         : write.kind === 'category'
-          ? encodeCategory(appId, result.mask ?? write.mask)
+          ? encodeCategory(appId, d.mask ?? write.mask)
           : encodeMessage(appId, write.content);
-    if (this.sendKind(id, uuid, write.kind, result.version, frame, false)) d.sentVia = this.links.has(id) ? 'tcp' : 'udp';
+    if (this.sendKind(id, uuid, write.kind, d.version, frame, false)) {
+      d.sentVia = this.links.has(id) ? 'tcp' : 'udp';
+      if (loading) this.reload.set(id, this.reload.get(id)! | KIND_FLAG[write.kind]);
+    }
     return d;
   }
 
@@ -581,8 +634,8 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
   }
 
   /** `PushSubmitter`: the engine alone (no outcome tracking) accepts a push by storing and sending it. */
-  submit(uuid: string, write: PendingWrite, _source: PushSource): Promise<PushDispatch> {
-    return this.push(uuid, write);
+  submit(uuid: string, write: PendingWrite, _source: PushSource, done: SubmitCallback): void {
+    this.pushThen(uuid, write, done);
   }
 
   /**

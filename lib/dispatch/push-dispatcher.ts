@@ -5,7 +5,7 @@ import { PayloadTooLargeError } from '../errors/payload-too-large.error.js';
 import { PushFailedError } from '../errors/push-failed.error.js';
 import type { DeviceTransportKind, PushKind } from '../interfaces/push-kind.interface.js';
 import type { PushOutcome, PushStatus } from '../interfaces/push-outcome.interface.js';
-import type { PushSource, PushSubmitter } from '../interfaces/push-submitter.interface.js';
+import type { PushSource, PushSubmitter, SubmitCallback } from '../interfaces/push-submitter.interface.js';
 import { InvalidUuidError } from '../protocol/uuid.util.js';
 import { type OfflineStore, OfflineStoreFullError, type PendingWrite, type StoreDrop } from '../store/offline-store.js';
 import type { PushCluster } from '../cluster/push-cluster.js';
@@ -48,8 +48,15 @@ interface Waiter extends Deadline {
   /** Another node transmits it (cluster gateway). */
   node: string;
   remote: boolean;
-  resolve: (o: PushOutcome) => void;
+  resolve: OutcomeCallback | undefined;
 }
+
+/** How `dispatchThen` reports acceptance: the dispatch once stored, or why it was not. */
+export type AcceptCallback = (err: Error | null, d: PushDispatch | null) => void;
+/** How `dispatchThen` reports the outcome. */
+export type OutcomeCallback = (o: PushOutcome) => void;
+
+const SUBMIT_OPTIONS: Record<PushSource, DispatchOptions> = { pusher: Object.freeze({ source: 'pusher' }), service: Object.freeze({ source: 'service' }) };
 
 /**
  * The one acceptance path for pushes (`PushService.send()` and the pusher port
@@ -98,70 +105,102 @@ export class PushDispatcher implements PushSubmitter {
    * Accepts one push for one device and resolves with its outcome (never
    * rejects). `onAccepted` runs once the store holds the push.
    */
-  async dispatch(uuid: string, write: PendingWrite, options: DispatchOptions, onAccepted?: (d: PushDispatch) => void): Promise<PushOutcome> {
-    const kind = write.kind;
-    // A free slot is taken synchronously: no extra await on the common path.
-    if (!options.slotHeld && !this.permits.tryAcquire()) {
-      try {
-        await this.permits.acquire();
-      } catch (err) {
-        return this.publish(failure(uuid, kind, options.source, err));
+  dispatch(uuid: string, write: PendingWrite, options: DispatchOptions, onAccepted?: (d: PushDispatch) => void): Promise<PushOutcome> {
+    const accepted: AcceptCallback | undefined = onAccepted && ((err, d) => d && onAccepted(d));
+    return new Promise((resolve) => this.dispatchThen(uuid, write, options, accepted, resolve));
+  }
+
+  /**
+   * `dispatch` for the hot path, with callbacks instead of promises (each may
+   * run before this returns): `onAccepted` exactly once, with the dispatch
+   * once the store holds the push or with the error when it was not stored;
+   * `onOutcome` exactly once, with the outcome (also published on `outcomes`).
+   */
+  dispatchThen(uuid: string, write: PendingWrite, options: DispatchOptions, onAccepted: AcceptCallback | undefined, onOutcome: OutcomeCallback | undefined): void {
+    // A free slot is taken synchronously: nothing is deferred on the common path.
+    if (options.slotHeld || this.permits.tryAcquire()) {
+      this.store(uuid, write, options, onAccepted, onOutcome);
+      return;
+    }
+    this.permits.acquire().then(
+      () => this.store(uuid, write, options, onAccepted, onOutcome),
+      (err: unknown) => this.refuse(uuid, write.kind, options.source, err, onAccepted, onOutcome),
+    );
+  }
+
+  private store(uuid: string, write: PendingWrite, options: DispatchOptions, onAccepted: AcceptCallback | undefined, onOutcome: OutcomeCallback | undefined): void {
+    this.engine.pushThen(uuid, write, (err, d) => {
+      if (err) {
+        this.permits.release();
+        this.refuse(uuid, write.kind, options.source, err, onAccepted, onOutcome);
+        return;
       }
-    }
-    let d: PushDispatch;
-    try {
-      d = await this.engine.push(uuid, write);
-    } catch (err) {
-      this.permits.release();
-      return this.publish(failure(uuid, kind, options.source, err));
-    }
-    const now = Date.now();
-    uuid = d.uuid;
-    onAccepted?.(d);
-    if (d.replaced) this.settleVersion(uuid, 'message', d.replaced, 'replaced', now);
-    const ackMode = options.ack ?? 'device';
-    let node = this.engine.nodeId;
-    let remote = false;
-    if (!d.reachable && this.cluster) {
+      const now = Date.now();
+      onAccepted?.(null, d);
+      if (d!.replaced) this.settleVersion(d!.uuid, 'message', d!.replaced, 'replaced', now);
+      if (d!.reachable || !this.cluster) {
+        this.follow(d!, write, options, now, this.engine.nodeId, false, onOutcome);
+        return;
+      }
       // Not held here: if a live peer holds it, that peer transmits it now.
-      const holder = await this.cluster.locate(uuid).catch(() => null);
-      if (holder) {
-        node = holder;
-        remote = true;
-        this.cluster.deliver(holder, { uuid, kind, version: d.version, origin: this.engine.nodeId });
-      }
-    }
-    const base = { uuid, kind, version: d.version, source: options.source, node };
-    if (!d.reachable && !remote) {
-      this.permits.release();
-      return this.publish({ ...base, status: 'offline', timeline: { accepted: now } });
-    }
-    if (d.sentVia && ackMode === 'none') {
-      this.permits.release();
-      return this.publish({ ...base, status: 'success', transport: d.sentVia, timeline: { accepted: now, sent: now } });
-    }
-    return new Promise<PushOutcome>((resolve) => {
-      const w: Waiter = {
-        uuid,
-        kind,
-        version: d.version,
-        mask: write.kind === 'category' ? write.mask : 0n,
-        ackMode,
-        source: options.source,
-        accepted: now,
-        sent: d.sentVia ? now : undefined,
-        transport: d.sentVia ?? undefined,
-        node,
-        remote,
-        deadline: now + (options.timeoutMs ?? this.timeoutMs),
-        settled: false,
-        resolve,
-      };
-      const list = this.waiters.get(uuid);
-      if (list) list.push(w);
-      else this.waiters.set(uuid, [w]);
-      this.deadlines.add(w);
+      const cluster = this.cluster;
+      cluster.locate(d!.uuid).then(
+        (holder) => {
+          if (holder) cluster.deliver(holder, { uuid: d!.uuid, kind: write.kind, version: d!.version, origin: this.engine.nodeId });
+          this.follow(d!, write, options, now, holder ?? this.engine.nodeId, !!holder, onOutcome);
+        },
+        () => this.follow(d!, write, options, now, this.engine.nodeId, false, onOutcome),
+      );
     });
+  }
+
+  /** Not stored: a `failure` outcome, and the acceptance callback hears why. */
+  private refuse(uuid: string, kind: PushKind, source: PushSource, err: unknown, onAccepted: AcceptCallback | undefined, onOutcome: OutcomeCallback | undefined): void {
+    const o = this.publish(failure(uuid, kind, source, err));
+    onAccepted?.(new PushFailedError(o.uuid, o.reason ?? 'unknown'), null);
+    onOutcome?.(o);
+  }
+
+  /** Stored: settles at once (offline, or sent without ack tracking) or waits for the device's ack. */
+  private follow(d: PushDispatch, write: PendingWrite, options: DispatchOptions, now: number, node: string, remote: boolean, onOutcome: OutcomeCallback | undefined): void {
+    const ackMode = options.ack ?? 'device';
+    if ((!d.reachable && !remote) || (d.sentVia && ackMode === 'none')) {
+      this.permits.release();
+      const sent = d.reachable && !remote;
+      const o: PushOutcome = {
+        uuid: d.uuid,
+        status: sent ? 'success' : 'offline',
+        kind: write.kind,
+        version: d.version,
+        source: options.source,
+        node,
+        timeline: sent ? { accepted: now, sent: now } : { accepted: now },
+      };
+      if (sent) o.transport = d.sentVia!;
+      this.publish(o);
+      onOutcome?.(o);
+      return;
+    }
+    const w: Waiter = {
+      uuid: d.uuid,
+      kind: write.kind,
+      version: d.version,
+      mask: write.kind === 'category' ? write.mask : 0n,
+      ackMode,
+      source: options.source,
+      accepted: now,
+      sent: d.sentVia ? now : undefined,
+      transport: d.sentVia ?? undefined,
+      node,
+      remote,
+      deadline: now + (options.timeoutMs ?? this.timeoutMs),
+      settled: false,
+      resolve: onOutcome,
+    };
+    const list = this.waiters.get(d.uuid);
+    if (list) list.push(w);
+    else this.waiters.set(d.uuid, [w]);
+    this.deadlines.add(w);
   }
 
   /**
@@ -183,13 +222,9 @@ export class PushDispatcher implements PushSubmitter {
     return this.publish({ uuid, status: 'failure', kind, reason, source, timeline: {} });
   }
 
-  /** `PushSubmitter` for the pusher port: resolves once stored, rejects when not; the outcome is published. */
-  submit(uuid: string, write: PendingWrite, source: PushSource): Promise<PushDispatch> {
-    return new Promise((resolve, reject) => {
-      this.dispatch(uuid, write, { source }, resolve).then((o) => {
-        if (o.status === 'failure') reject(new PushFailedError(o.uuid, o.reason ?? 'unknown'));
-      });
-    });
+  /** `PushSubmitter` for the pusher port: calls back once stored (or with why not); the outcome is published. */
+  submit(uuid: string, write: PendingWrite, source: PushSource, done: SubmitCallback): void {
+    this.dispatchThen(uuid, write, SUBMIT_OPTIONS[source], done, undefined);
   }
 
   /** Settles every waiting push as `timeout` and stops listening. */
@@ -305,7 +340,8 @@ export class PushDispatcher implements PushSubmitter {
     if (w.transport) outcome.transport = w.transport;
     if (w.sent !== undefined) outcome.timeline.sent = w.sent;
     if (acked !== undefined) outcome.timeline.acked = acked;
-    w.resolve(this.publish(outcome));
+    this.publish(outcome);
+    w.resolve?.(outcome);
   }
 
   private publish(o: PushOutcome): PushOutcome {

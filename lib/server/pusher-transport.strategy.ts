@@ -4,7 +4,7 @@ import { PayloadTooLargeError } from '../errors/payload-too-large.error.js';
 import { PushFailedError } from '../errors/push-failed.error.js';
 import { PushConfigError } from '../errors/push-config.error.js';
 import { PushTransportServer } from './push-transport.server.js';
-import type { PushSubmitter } from '../interfaces/push-submitter.interface.js';
+import type { PushSubmitter, SubmitCallback } from '../interfaces/push-submitter.interface.js';
 import { DEFAULT_MAX_CONTENT_LENGTH, MAX_U16, PusherCmd, PusherReply, type PusherTaskError } from '../protocol/protocol.constants.js';
 import type { PusherTask } from '../protocol/pusher-task.codec.js';
 import { PusherTaskStreamDecoder, type PusherTaskSink } from '../protocol/pusher-task.decoder.js';
@@ -209,28 +209,25 @@ class PusherConnection implements PusherTaskSink {
   task(task: PusherTask): void {
     const seq = this.base + this.codes.length;
     this.codes.push(PENDING);
-    let p: Promise<unknown>;
-    try {
-      p = this.submitter.submit(task.uuid, toWrite(task), 'pusher');
-    } catch (err) {
-      p = Promise.reject(err);
-    }
-    p.then(
-      () => {
+    const done: SubmitCallback = (err) => {
+      if (!err) {
         this.owner.counters.accepted++;
         this.settle(seq, PusherReply.Accepted);
-      },
-      (err: unknown) => {
-        if (err instanceof PayloadTooLargeError || (err instanceof PushFailedError && err.isRequestFault)) {
-          // Only when the engine's limit is below ours: still the task's fault, not the server's.
-          this.owner.counters.malformed['content-too-long']++;
-          this.settle(seq, PusherReply.Malformed);
-        } else {
-          this.owner.counters.errors++;
-          this.settle(seq, PusherReply.ServerError);
-        }
-      },
-    );
+      } else if (err instanceof PayloadTooLargeError || (err instanceof PushFailedError && err.isRequestFault)) {
+        // Only when the engine's limit is below ours: still the task's fault, not the server's.
+        this.owner.counters.malformed['content-too-long']++;
+        this.settle(seq, PusherReply.Malformed);
+      } else {
+        this.owner.counters.errors++;
+        this.settle(seq, PusherReply.ServerError);
+      }
+    };
+    try {
+      this.submitter.submit(task.uuid, toWrite(task), 'pusher', done);
+    } catch (err) {
+      // A submitter that throws instead of calling back: the task was not stored.
+      done(err instanceof Error ? err : new Error(String(err)));
+    }
   }
 
   malformed(reason: PusherTaskError, fatal: boolean): void {
@@ -253,8 +250,11 @@ class PusherConnection implements PusherTaskSink {
       this.owner.counters.unreplied++;
       return;
     }
-    this.codes[seq - this.base] = code;
-    if (seq - this.base === this.head) this.scheduleFlush();
+    const i = seq - this.base;
+    // A submitter calling back twice must not rewrite an answer.
+    if (i < this.head || this.codes[i] !== PENDING) return;
+    this.codes[i] = code;
+    if (i === this.head) this.scheduleFlush();
   }
 
   private scheduleFlush(): void {
@@ -360,8 +360,8 @@ function toWrite(task: PusherTask): PendingWrite {
  * push tasks and get one reply byte per task (protocol.md section 5).
  *
  * Every well-formed task goes through `PushSubmitter.submit(uuid, write,
- * 'pusher')`, and 0x00 is written only once that promise resolved, i.e. once
- * the push is stored. Connections are persistent and may pipeline; replies come
+ * 'pusher', done)`, and 0x00 is written only once `done` reports the push
+ * stored. Connections are persistent and may pipeline; replies come
  * back in task order even when submits settle out of order.
  *
  * Usable without Nest: `await new PusherTransportStrategy(engine, opts).start()`.
@@ -395,7 +395,7 @@ export class PusherTransportStrategy extends PushTransportServer<PusherTransport
   ) {
     super();
     if (!submitter || typeof submitter.submit !== 'function') {
-      throw new PushConfigError('pusher.submitter', 'expected a PushSubmitter (an object with submit(uuid, write, source)), e.g. the DeviceEngine');
+      throw new PushConfigError('pusher.submitter', 'expected a PushSubmitter (an object with submit(uuid, write, source, done)), e.g. the DeviceEngine');
     }
     this.options = resolve(options);
     this.allowList = this.options.allow && buildAllowList(this.options.allow);

@@ -25,8 +25,11 @@ import {
   type PendingState,
   type PendingWrite,
   type StoreDrop,
+  type WriteCallback,
   type WriteResult,
+  asError,
 } from './offline-store.js';
+import { ownBuffer } from './own-buffer.util.js';
 import { VersionCounter } from './version-counter.js';
 
 /**
@@ -106,6 +109,8 @@ interface Batch {
   durable: Promise<void>;
   settle: (err?: unknown) => void;
   settleDurable: (err?: unknown) => void;
+  /** `writeThen` callbacks and their results, in pairs: woken once, by `wake`. */
+  writers: (WriteCallback | WriteResult)[];
 }
 
 const STATE_KEY = 'state';
@@ -309,7 +314,13 @@ export class LmdbOfflineStore extends OfflineStore {
 
   // ------------------------------------------------------------ operations
 
+  /** Wraps `writeThen`, which is what pushes go through: a subclass changes both by overriding `writeThen`. */
   write(uuid: string, push: PendingWrite): Promise<WriteResult> {
+    return new Promise((resolve, reject) => this.writeThen(uuid, push, (err, r) => (err ? reject(err) : resolve(r!))));
+  }
+
+  /** Writers wait for their batch's commit (and, with `sync`, its flush); one loop wakes them all. */
+  override writeThen(uuid: string, push: PendingWrite, done: WriteCallback): void {
     try {
       const id = this.idOf(uuid);
       this.checkWritable();
@@ -344,15 +355,14 @@ export class LmdbOfflineStore extends OfflineStore {
           result = { kind: 'category', version, replaced: 0, mask: rec.category, head: true };
           break;
         case 'message':
-          // A copy: the caller may reuse its buffer.
-          rec.messages.push({ version, expiresAt: this.queueMode ? now + this.queueTtlMs : 0, content: Buffer.from(push.content) });
+          // Kept decoded in the entry cache after the commit: a buffer of its own.
+          rec.messages.push({ version, expiresAt: this.queueMode ? now + this.queueTtlMs : 0, content: ownBuffer(push.content) });
           result = { kind: 'message', version, replaced, head: rec.messages.length === 1 };
           break;
       }
-      const b = this.apply(id, key, before, rec, drops);
-      return (this.durability === 'sync' ? b.durable : b.committed).then(() => result);
+      this.apply(id, key, before, rec, drops).writers.push(done, result);
     } catch (err) {
-      return Promise.reject(err);
+      done(asError(err), null);
     }
   }
 
@@ -611,7 +621,7 @@ export class LmdbOfflineStore extends OfflineStore {
     // Operations attach to one or the other; neither may surface as an unhandled rejection.
     committed.catch(noop);
     durable.catch(noop);
-    const b: Batch = { gen: ++this.gen, dirty: [], drops: [], committed, durable, settle, settleDurable };
+    const b: Batch = { gen: ++this.gen, dirty: [], drops: [], committed, durable, settle, settleDurable, writers: [] };
     this.batch = b;
     this.inflight++;
     return b;
@@ -666,6 +676,7 @@ export class LmdbOfflineStore extends OfflineStore {
       if (b.gen > this.committedGen) this.committedGen = b.gen;
       this.evict();
       b.settle();
+      if (this.durability === 'async') this.wake(b, null);
       for (const d of b.drops) this.drops$.next(d);
       return;
     }
@@ -675,12 +686,33 @@ export class LmdbOfflineStore extends OfflineStore {
     });
     b.settle(wrapped);
     b.settleDurable(wrapped);
+    this.wake(b, wrapped);
+  }
+
+  /** Calls the batch's writers back (each once: the list is emptied first). */
+  private wake(b: Batch, err: Error | null): void {
+    const w = b.writers;
+    if (w.length === 0) return;
+    b.writers = [];
+    for (let i = 0; i < w.length; i += 2) {
+      const done = w[i] as WriteCallback;
+      // One faulty callback must not leave the rest of the batch unanswered.
+      try {
+        if (err) done(err, null);
+        else done(null, w[i + 1] as WriteResult);
+      } catch (thrown) {
+        queueMicrotask(() => {
+          throw thrown;
+        });
+      }
+    }
   }
 
   /** The batch is durable (or failed); once nothing is in flight, wake `close()` and recover from a failure. */
   private settled(b: Batch, err?: unknown): void {
     if (err === undefined) b.settleDurable();
     else b.settleDurable(err);
+    this.wake(b, err === undefined ? null : asError(err));
     if (--this.inflight > 0) return;
     if (this.failure) this.resync();
     const waiters = this.idleWaiters;

@@ -1,5 +1,6 @@
+import { ownBuffer } from './own-buffer.util.js';
 import { VersionCounter } from './version-counter.js';
-import { OfflineStore, OfflineStoreFullError, type AckResult, type OfflineStoreStats, type PendingState, type PendingWrite, type WriteResult } from './offline-store.js';
+import { asError, OfflineStore, OfflineStoreFullError, type AckResult, type WriteCallback, type OfflineStoreStats, type PendingState, type PendingWrite, type WriteResult } from './offline-store.js';
 
 /** Options of the in-memory store. */
 export interface MemoryOfflineStoreOptions {
@@ -61,12 +62,20 @@ export class MemoryOfflineStore extends OfflineStore {
     this.sweepTimer = undefined;
   }
 
+  /** Wraps `writeThen`, which is what pushes go through: a subclass changes both by overriding `writeThen`. */
   write(uuid: string, push: PendingWrite): Promise<WriteResult> {
+    return new Promise((resolve, reject) => this.writeThen(uuid, push, (err, r) => (err ? reject(err) : resolve(r!))));
+  }
+
+  override writeThen(uuid: string, push: PendingWrite, done: WriteCallback): void {
+    let r: WriteResult;
     try {
-      return Promise.resolve(this.writeSync(uuid, push));
+      r = this.writeSync(uuid, push);
     } catch (err) {
-      return Promise.reject(err);
+      done(asError(err), null);
+      return;
     }
+    done(null, r);
   }
 
   private writeSync(uuid: string, push: PendingWrite): WriteResult {
@@ -101,7 +110,7 @@ export class MemoryOfflineStore extends OfflineStore {
       case 'message': {
         const replaced = e.messageVersion;
         this.bytes += push.content.length - (e.message?.length ?? 0);
-        e.message = push.content;
+        e.message = ownBuffer(push.content);
         e.messageVersion = version;
         return { kind: 'message', version, replaced, head: true };
       }
@@ -182,3 +191,4 @@ export class MemoryOfflineStore extends OfflineStore {
     if (e.notice === 0 && e.category === 0n && e.messageVersion === 0) this.entries.delete(uuid);
   }
 }
+

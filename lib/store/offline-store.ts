@@ -1,7 +1,12 @@
 import { type Observable, Subject } from 'rxjs';
 import type { PushKind } from '../interfaces/push-kind.interface.js';
 
-/** A push to record as pending for a device. */
+/**
+ * A push to record as pending for a device. A message's `content` is handed
+ * over: the store may keep that very Buffer, so the caller must not change it
+ * afterwards. It may be a view into a larger buffer; a store that keeps it in
+ * memory for long should keep an exact-size copy instead (see the memory store).
+ */
 export type PendingWrite =
   | { kind: 'notice' }
   | { kind: 'category'; mask: bigint }
@@ -35,6 +40,12 @@ export interface PendingState {
   message: Buffer | null;
   messageVersion: number;
 }
+
+/**
+ * How `writeThen` reports: `err` set when nothing was stored, else the result.
+ * Called exactly once, possibly before `writeThen` returns.
+ */
+export type WriteCallback = (err: Error | null, result: WriteResult | null) => void;
 
 /** Result of acking a notice or a message. */
 export interface AckResult {
@@ -100,6 +111,21 @@ export abstract class OfflineStore {
   async close(): Promise<void> {}
 
   abstract write(uuid: string, push: PendingWrite): Promise<WriteResult>;
+
+  /**
+   * `write` for the push hot path: the same contract, reported through a
+   * callback instead of a promise. Every accepted push goes through here, and
+   * a store that settles many writes at once (a group commit) can wake all
+   * their callbacks in one loop instead of allocating and resolving a promise
+   * chain per push. Override it when the store can do better than this
+   * default, which adapts `write`.
+   */
+  writeThen(uuid: string, push: PendingWrite, done: WriteCallback): void {
+    this.write(uuid, push).then(
+      (r) => done(null, r),
+      (err: unknown) => done(asError(err), null),
+    );
+  }
   /** Pending state, or null when nothing is pending for the device. */
   abstract read(uuid: string): Promise<PendingState | null>;
   abstract ackNotice(uuid: string, version: number): Promise<AckResult>;
@@ -109,4 +135,9 @@ export abstract class OfflineStore {
   /** Drops everything pending for a device. */
   abstract remove(uuid: string): Promise<void>;
   abstract stats(): OfflineStoreStats;
+}
+
+/** Callback errors are Errors, whatever a store implementation threw. */
+export function asError(err: unknown): Error {
+  return err instanceof Error ? err : new Error(String(err));
 }

@@ -9,7 +9,7 @@ import { PushModule } from '../../lib/push.module.js';
 import type { PushModuleOptions } from '../../lib/interfaces/push-module-options.interface.js';
 import { DeviceTransportStrategy } from '../../lib/server/device-transport.strategy.js';
 import { MemoryOfflineStore } from '../../lib/store/memory-offline-store.js';
-import { OfflineStore } from '../../lib/store/offline-store.js';
+import { OfflineStore, type PendingWrite, type WriteCallback } from '../../lib/store/offline-store.js';
 import { HEALTH_PROBE_UUID, PushHealthIndicator, PushHealthModule } from '../../lib/terminus/index.js';
 
 @Controller()
@@ -64,6 +64,9 @@ async function get(url: string): Promise<{ status: number; body: HealthBody }> {
 class ReadOnlyStore extends MemoryOfflineStore {
   override write(): never {
     throw new Error('store is read-only');
+  }
+  override writeThen(_uuid: string, _push: PendingWrite, done: WriteCallback): void {
+    done(new Error('store is read-only'), null);
   }
 }
 

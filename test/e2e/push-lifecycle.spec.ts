@@ -12,7 +12,7 @@ import { PushService } from '../../lib/push.service.js';
 import { DeviceTransportStrategy } from '../../lib/server/device-transport.strategy.js';
 import { PusherTransportStrategy } from '../../lib/server/pusher-transport.strategy.js';
 import { MemoryOfflineStore } from '../../lib/store/memory-offline-store.js';
-import type { PendingWrite, WriteResult } from '../../lib/store/offline-store.js';
+import type { PendingWrite, WriteCallback } from '../../lib/store/offline-store.js';
 import { CaptureLogger, delay, Harness, md5hex, pushAppModule, RawSocket, tcpProbe, texts, uid, until } from '../fixtures/push-app.js';
 
 const h = new Harness();
@@ -24,13 +24,16 @@ class SlowStore extends MemoryOfflineStore {
   finished = 0;
   finishedAtClose = -1;
   private closed = false;
-  override async write(uuid: string, push: PendingWrite): Promise<WriteResult> {
+  // The built-in stores take pushes through writeThen (write wraps it).
+  override writeThen(uuid: string, push: PendingWrite, done: WriteCallback): void {
     this.started++;
-    await delay(150);
-    if (this.closed) throw new Error('store closed');
-    const r = await super.write(uuid, push);
-    this.finished++;
-    return r;
+    setTimeout(() => {
+      if (this.closed) return done(new Error('store closed'), null);
+      super.writeThen(uuid, push, (err, r) => {
+        if (!err) this.finished++;
+        done(err, r);
+      });
+    }, 150);
   }
   override async close(): Promise<void> {
     this.closed = true;

@@ -62,7 +62,7 @@ describe('PusherClient', () => {
     await lastValueFrom(c.emit('push', { key: 'alice', kind: 'notice' }), { defaultValue: undefined });
     expect((await s.store.read(hexKey('alice')))?.notice).toBeGreaterThan(0);
 
-    const failing = await startPusherOnly({ submit: () => Promise.reject(new Error('store offline')) });
+    const failing = await startPusherOnly({ submit: (_u, _w, _s, done) => done(new Error('store offline')) });
     cleanup.push(() => failing.close());
     const f = client(failing.port);
     const err2 = await lastValueFrom(f.emit('push', { key: 'alice', kind: 'notice' })).catch((e: unknown) => e);

@@ -156,7 +156,7 @@ describe('pusher port (TCP 9999): protocol.md section 5', () => {
   });
 
   it('a submitter error that is not a refusal gets 0xff', async () => {
-    const failing: PushSubmitter = { submit: () => Promise.reject(new Error('disk full')) };
+    const failing: PushSubmitter = { submit: (_u, _w, _s, done) => setImmediate(() => done(new Error('disk full'))) };
     const throwing: PushSubmitter = {
       submit: () => {
         throw new Error('sync failure');
@@ -170,7 +170,7 @@ describe('pusher port (TCP 9999): protocol.md section 5', () => {
       expect(await c.waitReplies(2)).toEqual([0xff, 0xff]);
       expect(p.counters.errors).toBe(2);
     }
-    const tooLarge: PushSubmitter = { submit: () => Promise.reject(new PayloadTooLargeError(600, 500)) };
+    const tooLarge: PushSubmitter = { submit: (_u, _w, _s, done) => done(new PayloadTooLargeError(600, 500)) };
     const p = await startPusherOnly(tooLarge);
     cleanup.push(() => p.close());
     const c = await raw(p.port);
@@ -318,7 +318,7 @@ describe('pusher port (TCP 9999): protocol.md section 5', () => {
   });
 
   it('validates every option with a PushConfigError naming it', () => {
-    const sub: PushSubmitter = { submit: async () => undefined };
+    const sub: PushSubmitter = { submit: (_u, _w, _s, done) => done(null) };
     const bad: [Record<string, unknown>, string][] = [
       [{ port: -1 }, 'pusher.port'],
       [{ port: 70000 }, 'pusher.port'],
@@ -352,7 +352,7 @@ describe('pusher port (TCP 9999): protocol.md section 5', () => {
   });
 
   it('Nest transport surface: status events, unwrap, listen callback', async () => {
-    const sub: PushSubmitter = { submit: async () => undefined };
+    const sub: PushSubmitter = { submit: (_u, _w, _s, done) => done(null) };
     const p = new PusherTransportStrategy(sub, { port: 0 });
     const statuses: string[] = [];
     p.status.subscribe((st) => statuses.push(st));

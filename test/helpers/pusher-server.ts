@@ -1,6 +1,6 @@
 import { connect, type Socket } from 'node:net';
 import type { DeviceEngineOptions } from '../../lib/device/device-engine.options.js';
-import type { PushSource, PushSubmitter } from '../../lib/interfaces/push-submitter.interface.js';
+import type { PushSource, PushSubmitter, SubmitCallback } from '../../lib/interfaces/push-submitter.interface.js';
 import { PusherTransportStrategy, type PusherTransportOptions } from '../../lib/server/pusher-transport.strategy.js';
 import type { DeviceTransportOptions } from '../../lib/server/device-transport.strategy.js';
 import type { OfflineStore, PendingWrite } from '../../lib/store/offline-store.js';
@@ -133,21 +133,18 @@ export class ScriptedSubmitter implements PushSubmitter {
 
   constructor(private readonly plan: (index: number) => { delayMs: number; fail?: Error } = () => ({ delayMs: 0 })) {}
 
-  submit(uuid: string, write: PendingWrite, source: PushSource): Promise<unknown> {
+  submit(uuid: string, write: PendingWrite, source: PushSource, done: SubmitCallback): void {
     const index = this.calls.length;
     this.calls.push({ uuid, write, source });
-    return new Promise((resolve, reject) => {
-      const run = () => {
-        const { delayMs, fail } = this.plan(index);
-        setTimeout(() => {
-          this.settled.push(index);
-          if (fail) reject(fail);
-          else resolve({ index });
-        }, delayMs);
-      };
-      if (this.holding) this.held.push(run);
-      else run();
-    });
+    const run = () => {
+      const { delayMs, fail } = this.plan(index);
+      setTimeout(() => {
+        this.settled.push(index);
+        done(fail ?? null);
+      }, delayMs);
+    };
+    if (this.holding) this.held.push(run);
+    else run();
   }
 
   /** Lets every held submit (and every later one) proceed. */
