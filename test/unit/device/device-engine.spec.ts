@@ -396,6 +396,61 @@ describe('DeviceEngine (no sockets)', () => {
     });
   });
 
+  describe('a push racing a store read', () => {
+    /** A memory store whose reads can be held (a slow disk, Redis round trip) while writes go through. */
+    class HeldReadStore extends MemoryOfflineStore {
+      held: (() => void)[] = [];
+      holding = false;
+      override read(uuid: string) {
+        if (!this.holding) return super.read(uuid);
+        return new Promise<Awaited<ReturnType<MemoryOfflineStore['read']>>>((resolve) => this.held.push(() => resolve(super.read(uuid))));
+      }
+      release(): void {
+        this.holding = false;
+        for (const r of this.held.splice(0)) r();
+      }
+    }
+
+    it('a read that began before the push does not undo it: the push goes out once, its ack clears it', async () => {
+      const store = new HeldReadStore();
+      const { engine, sink, events } = setup({}, store);
+      const d = new Dev(engine);
+      store.holding = true;
+      d.heartbeat(); // comes online: its store read (nothing pending yet) is held
+      const p = await engine.push(d.uuid, msg('during the read'));
+      expect(p.sentVia).toBe('udp');
+      store.release();
+      await flush();
+      await flush();
+      expect(contents(sink.to(ADDR, PORT))).toEqual(['during the read']);
+      d.ackMessage();
+      await flush();
+      expect(engine.counters.drops['ack-unmatched']).toBe(0);
+      expect(await store.read(d.uuid)).toBeNull();
+      expect(events.filter((e) => e.type === 'ack')).toEqual([expect.objectContaining({ kind: 'message', version: p.version })]);
+    });
+
+    it('the heartbeat still re-sends what was pending before it, when a push raced its read', async () => {
+      const store = new HeldReadStore();
+      const { engine, sink } = setup({}, store);
+      const d = new Dev(engine);
+      d.heartbeat();
+      await flush();
+      const n = await engine.push(d.uuid, { kind: 'notice' }); // sent, never acked (lost on the way)
+      expect(n.sentVia).toBe('udp');
+      sink.clear();
+      store.holding = true;
+      d.heartbeat(); // must re-send the notice
+      await engine.push(d.uuid, msg('M'));
+      store.release();
+      await flush();
+      await flush();
+      const frames = sink.to(ADDR, PORT);
+      expect(frames.filter((f) => f.cmd === ServerCmd.Notice)).toHaveLength(1);
+      expect(contents(frames)).toEqual(['M']);
+    });
+  });
+
   describe('admission and limits', () => {
     it('asks the admission hook about new devices only; refused ones get no record', async () => {
       const seen: unknown[] = [];
