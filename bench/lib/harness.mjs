@@ -12,7 +12,9 @@ const here = (f) => new URL(f, import.meta.url);
 export async function spawnServer(impl, opts = {}) {
   // BENCH_SERVER_PROF=<dir>: write a V8 CPU profile of each server process there (for finding hot spots).
   const prof = process.env.BENCH_SERVER_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_SERVER_PROF] : [];
-  const child = fork(here('server.mjs'), [], { execArgv: ['--expose-gc', ...prof], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  // BENCH_SERVER_ARGS='--trace-gc ...': extra Node flags for the server process (diagnosis).
+  const extra = process.env.BENCH_SERVER_ARGS ? process.env.BENCH_SERVER_ARGS.split(' ').filter(Boolean) : [];
+  const child = fork(here('server.mjs'), [], { execArgv: ['--expose-gc', ...prof, ...extra], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   await new Promise((resolve, reject) => {
     child.once('message', resolve);
     child.once('error', reject);

@@ -97,6 +97,7 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
   readonly table: DeviceTable;
   readonly counters: DeviceEngineCounters;
   private readonly events$ = new Subject<DeviceEvent>();
+  private readonly listeners: ((e: DeviceEvent) => void)[] = [];
   private readonly links = new Map<number, DeviceLink>();
   /** IPv6 (and IPv4-mapped) addresses, for the few records that have one. */
   private readonly ipv6 = new Map<number, string>();
@@ -159,6 +160,35 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
     return this.events$.asObservable();
   }
 
+  /**
+   * Registers an in-process listener called synchronously with every event,
+   * before `events` subscribers: the dispatcher, the transports and the
+   * cluster follow every push this way, without an rxjs subscriber chain per
+   * event. Returns the function that removes it.
+   */
+  listen(listener: (e: DeviceEvent) => void): () => void {
+    this.listeners.push(listener);
+    return () => {
+      const i = this.listeners.indexOf(listener);
+      if (i >= 0) this.listeners.splice(i, 1);
+    };
+  }
+
+  private emit(e: DeviceEvent): void {
+    const l = this.listeners;
+    for (let i = 0; i < l.length; i++) {
+      // A throwing listener must not stop the engine mid-frame, nor the other listeners.
+      try {
+        l[i]!(e);
+      } catch (err) {
+        queueMicrotask(() => {
+          throw err;
+        });
+      }
+    }
+    if (this.events$.observed) this.events$.next(e);
+  }
+
   get nodeId(): string {
     return this.options.nodeId;
   }
@@ -178,6 +208,7 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
   /** Stops timers and completes the event stream. */
   close(): void {
     this.stop();
+    this.listeners.length = 0;
     this.events$.complete();
   }
 
@@ -318,7 +349,7 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
       const uuid = t.uuidHex(id);
       const route = this.routeOf(id, now);
       this.router.update(uuid, route);
-      if (route) this.events$.next({ type: 'online', uuid, transport, address: route.address, port: route.port, at: now });
+      if (route) this.emit({ type: 'online', uuid, transport, address: route.address, port: route.port, at: now });
       // Always consult the store on coming online: pushes may have been stored
       // while the device was away (or by another node).
       this.load(id, uuid, addressChanged);
@@ -413,7 +444,7 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
     if (!via) return false;
     this.trackTx(id, kind, version);
     if (resend) this.counters.resends++;
-    this.events$.next({ type: 'sent', uuid, kind, version, transport: via, resend, at: now });
+    this.emit({ type: 'sent', uuid, kind, version, transport: via, resend, at: now });
     return true;
   }
 
@@ -506,7 +537,7 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
         this.store.ackCategory(uuid, acked).then((remaining) => {
           if (!this.sameRecord(id, uuid)) return;
           if (remaining === 0n) t.flags[id]! &= ~DeviceFlag.PendingCategory;
-          this.events$.next({ type: 'ack', uuid, kind: 'category', version: 0, mask: acked, remaining, at: Date.now() });
+          this.emit({ type: 'ack', uuid, kind: 'category', version: 0, mask: acked, remaining, at: Date.now() });
         }, this.storeFailed);
         return;
       }
@@ -524,7 +555,7 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
             t.flags[id]! &= ~KIND_FLAG[kind];
             this.resetTx(id, kind);
           }
-          if (r.cleared) this.events$.next({ type: 'ack', uuid, kind, version, at: Date.now() });
+          if (r.cleared) this.emit({ type: 'ack', uuid, kind, version, at: Date.now() });
           // Queue mode: the next message goes out as soon as the previous is acked.
           // An ack that cleared nothing while something is pending acked a
           // version the store no longer holds (another node replaced it, or a
@@ -748,7 +779,7 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
     this.counters.offline++;
     const uuid = t.uuidHex(id);
     this.router.update(uuid, null);
-    this.events$.next({ type: 'offline', uuid, reason, at: now });
+    this.emit({ type: 'offline', uuid, reason, at: now });
   }
 
   // --------------------------------------------------------------- addresses

@@ -1,4 +1,4 @@
-import { Subject, type Observable, type Subscription } from 'rxjs';
+import { Subject, Subscription, type Observable } from 'rxjs';
 import type { DeviceEngine, PushDispatch } from '../device/device-engine.js';
 import type { DeviceAckEvent, DeviceEvent, DeviceSentEvent } from '../device/device-event.interface.js';
 import { PayloadTooLargeError } from '../errors/payload-too-large.error.js';
@@ -82,7 +82,8 @@ export class PushDispatcher implements PushSubmitter {
   ) {
     this.timeoutMs = options.timeoutMs ?? 3000;
     this.permits = new PermitPool(options.maxInFlight ?? 100_000, options.maxQueued ?? 10_000);
-    this.sub = engine.events.subscribe((e) => this.onEvent(e));
+    const unlisten = engine.listen((e) => this.onEvent(e));
+    this.sub = new Subscription(unlisten);
     this.sub.add(store.drops.subscribe((d) => this.onStoreDrop(d)));
     // Peers forward the sent/ack events of pushes we delivered through them.
     if (cluster) this.sub.add(cluster.events.subscribe((e) => this.onEvent(e)));
@@ -167,6 +168,11 @@ export class PushDispatcher implements PushSubmitter {
     if ((!d.reachable && !remote) || (d.sentVia && ackMode === 'none')) {
       this.permits.release();
       const sent = d.reachable && !remote;
+      // Outcome objects are built only for someone: most pusher-port pushes have no listener.
+      if (!onOutcome && !this.outcomes$.observed) {
+        this.counters[sent ? 'success' : 'offline']++;
+        return;
+      }
       const o: PushOutcome = {
         uuid: d.uuid,
         status: sent ? 'success' : 'offline',
@@ -326,6 +332,10 @@ export class PushDispatcher implements PushSubmitter {
       if (list.length === 0) this.waiters.delete(w.uuid);
     }
     this.permits.release();
+    if (!w.resolve && !this.outcomes$.observed) {
+      this.counters[status]++;
+      return;
+    }
     const outcome: PushOutcome = {
       uuid: w.uuid,
       status,

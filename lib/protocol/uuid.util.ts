@@ -51,9 +51,20 @@ export function uuidFromKey(key: string): Buffer {
   return createHash('md5').update(key, 'utf8').digest();
 }
 
+/** True when `s` is already 32 lowercase hex characters (what decoders produce): a loop, cheaper than the regex per push. */
+function isLowerUuidHex(s: string): boolean {
+  if (s.length !== 32) return false;
+  for (let i = 0; i < 32; i++) {
+    const c = s.charCodeAt(i);
+    if (!((c >= 48 && c <= 57) || (c >= 97 && c <= 102))) return false;
+  }
+  return true;
+}
+
 /** Normalises a uuid given as hex (any case) or 16 bytes to lowercase hex. */
 export function normalizeUuid(uuid: string | Uint8Array): string {
   if (typeof uuid === 'string') {
+    if (isLowerUuidHex(uuid)) return uuid;
     if (!isUuidHex(uuid)) throw new InvalidUuidError(uuid);
     return uuid.toLowerCase();
   }

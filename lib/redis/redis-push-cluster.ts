@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis';
-import { Subject, type Observable, type Subscription } from 'rxjs';
+import { Subject, Subscription, type Observable } from 'rxjs';
 import { PushCluster, type ClusterDelivery } from '../cluster/push-cluster.js';
 import type { DeviceEngine } from '../device/device-engine.js';
 import type { DeviceAckEvent, DeviceEvent, DeviceSentEvent } from '../device/device-event.interface.js';
@@ -223,7 +223,7 @@ export class RedisPushCluster extends PushCluster {
     this.refreshTimer.unref();
     this.redis.on('close', this.onRedisClose);
     this.redis.on('ready', this.onRedisReady);
-    this.engineSub = this.engine.events.subscribe((e) => this.onEngineEvent(e));
+    this.engineSub = new Subscription(this.engine.listen((e) => this.onEngineEvent(e)));
     this.storeSub = this.store?.replacedElsewhere.subscribe((r) => this.publish(r.origin, ['x', r.uuid, r.version]));
   }
 

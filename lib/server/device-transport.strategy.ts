@@ -1,8 +1,9 @@
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+import { lookup as dnsLookup } from 'node:dns';
 import { EventEmitter } from 'node:events';
-import { createServer, type Server as NetServer, type Socket } from 'node:net';
+import { createServer, isIP, type Server as NetServer, type Socket } from 'node:net';
 import { BaseRpcContext } from '@nestjs/microservices';
-import type { Subscription } from 'rxjs';
+import { Subscription } from 'rxjs';
 import { PushTransportServer } from './push-transport.server.js';
 import type { DeviceEngine, DeviceLink } from '../device/device-engine.js';
 import type { DeviceEvent } from '../device/device-event.interface.js';
@@ -147,6 +148,7 @@ export class DeviceTransportStrategy extends PushTransportServer<DeviceTransport
         if (port !== 0 || attempt >= 5) throw err;
       }
     }
+    // The callback is what reports a failed send (Node emits no 'error' for it).
     this.engine.attachUdp(this.udp ? { send: (frame, p, address) => this.udp!.send(frame, p, address, this.onSendDone) } : undefined);
     this.engine.start();
     // Idleness is judged on the frames the device sends (heartbeats), not on
@@ -157,7 +159,7 @@ export class DeviceTransportStrategy extends PushTransportServer<DeviceTransport
     const idle = this.options.tcpIdleTimeoutMs;
     this.idleTimer = setInterval(() => this.closeIdle(Date.now() - idle), Math.max(10, Math.min(idle / 4, 30_000)));
     this.idleTimer.unref();
-    this.eventsSub = this.engine.events.subscribe((e) => this.dispatch(e));
+    this.eventsSub = new Subscription(this.engine.listen((e) => this.dispatch(e)));
     this._status$.next('listening');
     this.emitter.emit('listening', this.boundPort);
   }
@@ -191,6 +193,7 @@ export class DeviceTransportStrategy extends PushTransportServer<DeviceTransport
       type: host.includes(':') ? 'udp6' : 'udp4',
       recvBufferSize: this.options.udpRecvBufferSize,
       sendBufferSize: this.options.udpSendBufferSize,
+      lookup: ipLookup,
     });
     this.udp = socket;
     socket.on('message', (msg, rinfo) => {
@@ -316,4 +319,16 @@ export class DeviceTransportStrategy extends PushTransportServer<DeviceTransport
     if (!this.udp && !this.tcp) throw new Error('Device transport is not listening: call listen() (or app.startAllMicroservices()) first');
     return { udp: this.udp, tcp: this.tcp } as T;
   }
+}
+
+/**
+ * The UDP socket's address lookup. Replies go to the address a datagram came
+ * from, always an IP literal: answering synchronously spares Node's default
+ * (`dns.lookup`), which defers every send by one tick. Host names (the bind
+ * address) still go through `dns.lookup`.
+ */
+function ipLookup(address: string, family: unknown, callback: (err: NodeJS.ErrnoException | null, address: string, family: number) => void): void {
+  const v = isIP(address);
+  if (v !== 0) callback(null, address, v);
+  else dnsLookup(address, family as number, callback);
 }
