@@ -126,6 +126,7 @@ export async function measureWindow(s, { connections, window, warmupMs, duration
     bad: r.bad,
     serverCpu: (c1.cpuMs - c0.cpuMs) / (c1.at - c0.at),
     server: c1.stats,
+    before: c0.stats,
   };
 }
 

@@ -36,6 +36,15 @@ export interface PusherTransportOptions {
    */
   maxPipelined?: number;
   /**
+   * Tasks submitted per event-loop turn, over all connections (round-robin
+   * between them); the rest wait for the next turn. libuv reads at most 32 UDP
+   * datagrams per turn, so without this limit a pusher connection delivering
+   * thousands of tasks per read would starve the device port: acks and
+   * heartbeats pile up in the kernel buffer and are dropped. Default 32, the
+   * same pace. Raise it when devices use TCP, or for pure intake.
+   */
+  tasksPerTurn?: number;
+  /**
    * CIDR allow-list, e.g. `['127.0.0.0/8', '10.0.0.0/8', '::1/128']` (a bare
    * address means that one host). Connections from elsewhere are destroyed at
    * once and counted. Unset: every address that can reach `host` is allowed.
@@ -91,7 +100,7 @@ export interface PusherConnectionInfo {
 
 type ResolvedOptions = Required<Omit<PusherTransportOptions, 'allow'>> & { allow: readonly string[] | undefined };
 
-const POSITIVE_INT = ['idleTimeoutMs', 'maxConnections', 'maxPipelined', 'closeTimeoutMs'] as const;
+const POSITIVE_INT = ['idleTimeoutMs', 'maxConnections', 'maxPipelined', 'tasksPerTurn', 'closeTimeoutMs'] as const;
 
 function resolve(o: PusherTransportOptions): ResolvedOptions {
   const r: ResolvedOptions = {
@@ -101,6 +110,7 @@ function resolve(o: PusherTransportOptions): ResolvedOptions {
     idleTimeoutMs: o.idleTimeoutMs ?? 600_000,
     maxConnections: o.maxConnections ?? 1024,
     maxPipelined: o.maxPipelined ?? 256,
+    tasksPerTurn: o.tasksPerTurn ?? 32,
     allow: o.allow,
     closeTimeoutMs: o.closeTimeoutMs ?? 5_000,
   };
@@ -156,6 +166,16 @@ class PusherConnection implements PusherTaskSink {
   readonly decoder: PusherTaskStreamDecoder;
   /** Reply codes of unanswered tasks; index 0 is sequence number `base`. */
   private codes: number[] = [];
+  /**
+   * Tasks read but not yet submitted (over the intake's per-turn budget), with
+   * their sequence numbers, from `qHead`. Bounded like every read task: they
+   * count in `pipelined`, which pauses reading at `maxPipelined`.
+   */
+  private qTasks: PusherTask[] = [];
+  private qSeqs: number[] = [];
+  private qHead = 0;
+  /** In the intake scheduler's wait list. */
+  waiting = false;
   private head = 0;
   private base = 0;
   private flushScheduled = false;
@@ -206,9 +226,36 @@ class PusherConnection implements PusherTaskSink {
 
   // ----------------------------------------------------------- decoder sink
 
+  /** Whether tasks wait in this connection's intake queue. */
+  get hasQueued(): boolean {
+    return this.qHead < this.qTasks.length;
+  }
+
   task(task: PusherTask): void {
     const seq = this.base + this.codes.length;
     this.codes.push(PENDING);
+    // Tasks of one connection are submitted in order: once one waits, the rest queue behind it.
+    if (!this.hasQueued && this.owner.admit()) return this.submit(task, seq);
+    this.qTasks.push(task);
+    this.qSeqs.push(seq);
+    this.owner.waitTurn(this);
+  }
+
+  /** Submits the oldest queued task (the intake scheduler's turn for this connection). */
+  submitQueued(): void {
+    const i = this.qHead++;
+    const task = this.qTasks[i]!;
+    const seq = this.qSeqs[i]!;
+    this.qTasks[i] = undefined as never;
+    if (this.qHead === this.qTasks.length) {
+      this.qTasks = [];
+      this.qSeqs = [];
+      this.qHead = 0;
+    }
+    this.submit(task, seq);
+  }
+
+  private submit(task: PusherTask, seq: number): void {
     const done: SubmitCallback = (err) => {
       if (!err) {
         this.owner.counters.accepted++;
@@ -341,6 +388,10 @@ class PusherConnection implements PusherTaskSink {
     this.closed = true;
     this.codes = [];
     this.head = 0;
+    // Read but never submitted: nothing was stored, and there is no one left to answer.
+    this.qTasks = [];
+    this.qSeqs = [];
+    this.qHead = 0;
   }
 }
 
@@ -384,6 +435,11 @@ export class PusherTransportStrategy extends PushTransportServer<PusherTransport
   };
   private readonly allowList: BlockList | undefined;
   private readonly connections = new Set<PusherConnection>();
+  /** Intake: tasks left in this turn's budget; a turn is open while its closing immediate is pending. */
+  private budget = 0;
+  private turnOpen = false;
+  /** Connections with queued tasks, each once (bounded by `maxConnections`). */
+  private readonly waitList: PusherConnection[] = [];
   private readonly emitter = new EventEmitter();
   private server: NetServer | undefined;
   private idleTimer: NodeJS.Timeout | undefined;
@@ -405,6 +461,52 @@ export class PusherTransportStrategy extends PushTransportServer<PusherTransport
   get port(): number {
     return this.boundPort;
   }
+
+  /** @internal A task may be submitted in this turn (takes one from the budget). */
+  admit(): boolean {
+    this.openTurn();
+    if (this.budget === 0) return false;
+    this.budget--;
+    return true;
+  }
+
+  /** @internal `conn` has queued tasks: serve it in the coming turns. */
+  waitTurn(conn: PusherConnection): void {
+    if (!conn.waiting) {
+      conn.waiting = true;
+      this.waitList.push(conn);
+    }
+    this.openTurn();
+  }
+
+  private openTurn(): void {
+    if (this.turnOpen) return;
+    this.turnOpen = true;
+    this.budget = this.options.tasksPerTurn;
+    // setImmediate runs after the poll phase: the device port's reads come between two turns.
+    setImmediate(this.nextTurn);
+  }
+
+  private readonly nextTurn = (): void => {
+    this.turnOpen = false;
+    const list = this.waitList;
+    if (list.length === 0) return;
+    this.openTurn();
+    // Round-robin, one task per connection per pass, so one busy connection cannot starve the others.
+    while (this.budget > 0 && list.length > 0) {
+      let kept = 0;
+      for (let i = 0; i < list.length; i++) {
+        const c = list[i]!;
+        if (this.budget > 0 && c.hasQueued) {
+          this.budget--;
+          c.submitQueued();
+        }
+        if (c.hasQueued) list[kept++] = c;
+        else c.waiting = false;
+      }
+      list.length = kept;
+    }
+  };
 
   get listening(): boolean {
     return this.boundPort !== 0;

@@ -233,6 +233,47 @@ describe('pusher port (TCP 9999): protocol.md section 5', () => {
     expect(s.pusher.counters).toMatchObject({ connections: 3, refusedLimit: 1 });
   });
 
+  it('intake: at most tasksPerTurn submits per event-loop turn, connections served round-robin, replies in order', async () => {
+    // Counts event-loop turns in this process (the server runs here too).
+    let turn = 0;
+    let ticking = true;
+    const tick = () => {
+      turn++;
+      if (ticking) setImmediate(tick);
+    };
+    setImmediate(tick);
+    cleanup.push(() => {
+      ticking = false;
+    });
+    const perTurn = new Map<number, number>();
+    const order: string[] = [];
+    const sub: PushSubmitter = {
+      submit: (uuid, _w, _s, done) => {
+        perTurn.set(turn, (perTurn.get(turn) ?? 0) + 1);
+        order.push(uuid);
+        done(null);
+      },
+    };
+    const pusher = await startPusherOnly(sub, { tasksPerTurn: 10, maxPipelined: 10_000 });
+    cleanup.push(() => pusher.close());
+    const [a, b] = await Promise.all([raw(pusher.port), raw(pusher.port)]);
+    const N = 500;
+    await Promise.all([a.write(Buffer.concat(Array.from({ length: N }, () => notice(1)))), b.write(Buffer.concat(Array.from({ length: N }, () => notice(2))))]);
+    expect(await a.waitReplies(N)).toEqual(Array(N).fill(0));
+    expect(await b.waitReplies(N)).toEqual(Array(N).fill(0));
+    expect(order).toHaveLength(2 * N);
+    expect(Math.max(...perTurn.values())).toBeLessThanOrEqual(10);
+    // 1000 tasks at 10 per turn take at least 100 turns.
+    expect(perTurn.size).toBeGreaterThanOrEqual(100);
+    // Round-robin: once both connections have tasks queued (well inside the run), they alternate, so the
+    // lead of one over the other moves by at most one between submits and stays within a turn's budget.
+    const leads: number[] = [];
+    let lead = 0;
+    for (const u of order) leads.push((lead += u === hexOf(1) ? 1 : -1));
+    const middle = leads.slice(200, 700);
+    expect(Math.max(...middle) - Math.min(...middle)).toBeLessThanOrEqual(10);
+  });
+
   it('pipelining limit: with submits held, the server stops reading at maxPipelined (+ at most one chunk) and resumes when they settle', async () => {
     const sub = new ScriptedSubmitter();
     sub.holding = true;
@@ -328,6 +369,7 @@ describe('pusher port (TCP 9999): protocol.md section 5', () => {
       [{ idleTimeoutMs: 0 }, 'pusher.idleTimeoutMs'],
       [{ maxConnections: 1.5 }, 'pusher.maxConnections'],
       [{ maxPipelined: 0 }, 'pusher.maxPipelined'],
+      [{ tasksPerTurn: 0 }, 'pusher.tasksPerTurn'],
       [{ closeTimeoutMs: -5 }, 'pusher.closeTimeoutMs'],
       [{ allow: [] }, 'pusher.allow'],
       [{ allow: ['nonsense'] }, 'pusher.allow'],
