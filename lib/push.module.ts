@@ -118,11 +118,15 @@ const providers: Provider[] = [
   },
   {
     provide: PusherTransportStrategy,
-    useFactory: (options: PushModuleOptions, dispatcher: PushDispatcher, engine: DeviceEngine) => {
+    useFactory: (options: PushModuleOptions, dispatcher: PushDispatcher, engine: DeviceEngine, device: DeviceTransportStrategy | null) => {
       const { enabled, ...pusher } = options.pusher ?? {};
-      return enabled === false ? null : new PusherTransportStrategy(dispatcher, { ...pusher, maxContentLength: engine.options.maxContentLength });
+      if (enabled === false) return null;
+      const strategy = new PusherTransportStrategy(dispatcher, { ...pusher, maxContentLength: engine.options.maxContentLength });
+      // Pusher intake yields to the device port while it is busy (see `pusher.tasksPerTurn`).
+      if (device) strategy.paceWith(() => device.counters.datagrams);
+      return strategy;
     },
-    inject: [PUSH_OPTIONS, PushDispatcher, DeviceEngine],
+    inject: [PUSH_OPTIONS, PushDispatcher, DeviceEngine, DeviceTransportStrategy],
   },
   PushService,
   PushExplorer,

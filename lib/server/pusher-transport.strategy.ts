@@ -37,11 +37,15 @@ export interface PusherTransportOptions {
   maxPipelined?: number;
   /**
    * Tasks submitted per event-loop turn, over all connections (round-robin
-   * between them); the rest wait for the next turn. libuv reads at most 32 UDP
-   * datagrams per turn, so without this limit a pusher connection delivering
-   * thousands of tasks per read would starve the device port: acks and
-   * heartbeats pile up in the kernel buffer and are dropped. Default 32, the
-   * same pace. Raise it when devices use TCP, or for pure intake.
+   * between them), while the device port is busy; the rest wait for the next
+   * turn. libuv reads at most 32 UDP datagrams per turn, so without this
+   * limit a pusher connection delivering thousands of tasks per read would
+   * starve the device port: acks and heartbeats pile up in the kernel buffer
+   * and are dropped (the kernel's UDP buffer holds a few hundred). "Busy":
+   * the port received a datagram in the last 20 ms; while it is quiet,
+   * and in a strategy with no device port to watch (used standalone, or the
+   * device port disabled), intake is not limited per turn. Default 32, the
+   * same pace.
    */
   tasksPerTurn?: number;
   /**
@@ -150,6 +154,9 @@ const MAPPED_V4 = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i;
 
 /** Pause reading when this many reply bytes sit unsent in the socket (a peer that does not read its replies). */
 const WRITE_BACKLOG_LIMIT = 64 * 1024;
+
+/** The device port counts as busy this long (ms) after it last received a datagram. */
+const DEVICE_BUSY_MS = 20;
 
 /** Reply slot still waiting for its submit. */
 const PENDING = -1;
@@ -440,6 +447,9 @@ export class PusherTransportStrategy extends PushTransportServer<PusherTransport
   private turnOpen = false;
   /** Connections with queued tasks, each once (bounded by `maxConnections`). */
   private readonly waitList: PusherConnection[] = [];
+  private deviceDatagrams: (() => number) | undefined;
+  private lastDatagrams = 0;
+  private deviceBusyAt = -Infinity;
   private readonly emitter = new EventEmitter();
   private server: NetServer | undefined;
   private idleTimer: NodeJS.Timeout | undefined;
@@ -479,10 +489,34 @@ export class PusherTransportStrategy extends PushTransportServer<PusherTransport
     this.openTurn();
   }
 
+  /**
+   * @internal Paces intake against the device port: `datagrams` reads its
+   * running count of received datagrams (PushModule wires it).
+   */
+  paceWith(datagrams: () => number): void {
+    this.deviceDatagrams = datagrams;
+    this.lastDatagrams = datagrams();
+  }
+
+  private turnBudget(): number {
+    const read = this.deviceDatagrams;
+    // No device port to yield to, or a quiet one: what is queued is bounded by maxPipelined per connection anyway.
+    if (!read) return Number.MAX_SAFE_INTEGER;
+    const n = read();
+    const now = Date.now();
+    if (n !== this.lastDatagrams) {
+      this.lastDatagrams = n;
+      this.deviceBusyAt = now;
+    }
+    // Busy for a while after the last datagram, not just "since the previous turn": a turn can open
+    // and close within one poll phase, and a flapping verdict would let whole queues through in bursts.
+    return now - this.deviceBusyAt <= DEVICE_BUSY_MS ? this.options.tasksPerTurn : Number.MAX_SAFE_INTEGER;
+  }
+
   private openTurn(): void {
     if (this.turnOpen) return;
     this.turnOpen = true;
-    this.budget = this.options.tasksPerTurn;
+    this.budget = this.turnBudget();
     // setImmediate runs after the poll phase: the device port's reads come between two turns.
     setImmediate(this.nextTurn);
   }

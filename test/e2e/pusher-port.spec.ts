@@ -233,7 +233,7 @@ describe('pusher port (TCP 9999): protocol.md section 5', () => {
     expect(s.pusher.counters).toMatchObject({ connections: 3, refusedLimit: 1 });
   });
 
-  it('intake: at most tasksPerTurn submits per event-loop turn, connections served round-robin, replies in order', async () => {
+  it('intake: while the device port is busy, at most tasksPerTurn submits per event-loop turn, connections served round-robin, replies in order', async () => {
     // Counts event-loop turns in this process (the server runs here too).
     let turn = 0;
     let ticking = true;
@@ -256,6 +256,8 @@ describe('pusher port (TCP 9999): protocol.md section 5', () => {
     };
     const pusher = await startPusherOnly(sub, { tasksPerTurn: 10, maxPipelined: 10_000 });
     cleanup.push(() => pusher.close());
+    // A device port that receives datagrams every turn (what PushModule wires to the real one).
+    pusher.paceWith(() => turn);
     const [a, b] = await Promise.all([raw(pusher.port), raw(pusher.port)]);
     const N = 500;
     await Promise.all([a.write(Buffer.concat(Array.from({ length: N }, () => notice(1)))), b.write(Buffer.concat(Array.from({ length: N }, () => notice(2))))]);
@@ -272,6 +274,33 @@ describe('pusher port (TCP 9999): protocol.md section 5', () => {
     for (const u of order) leads.push((lead += u === hexOf(1) ? 1 : -1));
     const middle = leads.slice(200, 700);
     expect(Math.max(...middle) - Math.min(...middle)).toBeLessThanOrEqual(10);
+  });
+
+  it('intake: with a quiet device port (or none), a whole read is submitted in one turn', async () => {
+    let turn = 0;
+    let ticking = true;
+    const tick = () => {
+      turn++;
+      if (ticking) setImmediate(tick);
+    };
+    setImmediate(tick);
+    cleanup.push(() => {
+      ticking = false;
+    });
+    const turns = new Set<number>();
+    const sub: PushSubmitter = {
+      submit: (_u, _w, _s, done) => {
+        turns.add(turn);
+        done(null);
+      },
+    };
+    const pusher = await startPusherOnly(sub, { tasksPerTurn: 10 });
+    cleanup.push(() => pusher.close());
+    pusher.paceWith(() => 0); // wired, but no datagram ever arrives
+    const c = await raw(pusher.port);
+    await c.write(Buffer.concat(Array.from({ length: 200 }, (_, i) => notice(i))));
+    expect(await c.waitReplies(200)).toEqual(Array(200).fill(0));
+    expect(turns.size).toBeLessThanOrEqual(2); // one read chunk (4.2 KB), maybe split in two by TCP
   });
 
   it('pipelining limit: with submits held, the server stops reading at maxPipelined (+ at most one chunk) and resumes when they settle', async () => {
