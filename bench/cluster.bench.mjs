@@ -257,8 +257,11 @@ function rpc(child) {
 }
 
 function startNode(id, url, prefix, children) {
+  // BENCH_NODE_PROF=<dir>: a V8 CPU profile of each cluster node (for finding hot spots).
+  const prof = process.env.BENCH_NODE_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_NODE_PROF] : [];
   const child = fork(NODE_MAIN, [], {
     cwd: root,
+    execArgv: prof,
     env: { ...process.env, NODE_ID: id, REDIS_URL: url, KEY_PREFIX: prefix, TIMEOUT_MS: '3000' },
     serialization: 'advanced',
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
@@ -275,7 +278,9 @@ function startNode(id, url, prefix, children) {
         pusherPort: m.pusherPort,
         call,
         async close() {
-          await Promise.race([call('close').catch(() => {}), new Promise((r) => setTimeout(r, 3000))]);
+          // The node exits by itself after answering (writing its CPU profile, if asked): give it the time.
+          const exited = new Promise((r) => (child.exitCode !== null ? r() : child.once('exit', r)));
+          await Promise.race([call('close').catch(() => {}).then(() => exited), new Promise((r) => setTimeout(r, prof.length ? 15_000 : 3000))]);
           if (child.exitCode === null) child.kill('SIGKILL');
         },
       });

@@ -52,7 +52,7 @@ export function uuidFromKey(key: string): Buffer {
 }
 
 /** True when `s` is already 32 lowercase hex characters (what decoders produce): a loop, cheaper than the regex per push. */
-function isLowerUuidHex(s: string): boolean {
+export function isLowerUuidHex(s: string): boolean {
   if (s.length !== 32) return false;
   for (let i = 0; i < 32; i++) {
     const c = s.charCodeAt(i);

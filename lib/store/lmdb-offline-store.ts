@@ -2,7 +2,7 @@ import { accessSync, constants as fsConstants, mkdirSync, statSync } from 'node:
 import { dirname, join, resolve as resolvePath } from 'node:path';
 import { type Database, open as openLmdb, type RootDatabase } from 'lmdb';
 import { PushConfigError } from '../errors/push-config.error.js';
-import { InvalidUuidError } from '../protocol/uuid.util.js';
+import { InvalidUuidError, isLowerUuidHex } from '../protocol/uuid.util.js';
 import { checkLmdbDataFile } from './lmdb-file.check.js';
 import { OfflineStoreOpenError, OfflineStoreUnavailableError } from './lmdb-errors.js';
 import {
@@ -115,7 +115,6 @@ interface Batch {
 
 const STATE_KEY = 'state';
 const NO_DROPS: readonly StoreDrop[] = [];
-const LOWER_HEX = /^[0-9a-f]{32}$/;
 /** Data directories opened by a store of this process. */
 const OPEN_PATHS = new Set<string>();
 const ANY_HEX = /^[0-9a-fA-F]{32}$/;
@@ -512,7 +511,7 @@ export class LmdbOfflineStore extends OfflineStore {
   // -------------------------------------------------------------- internals
 
   private idOf(uuid: string): string {
-    if (typeof uuid === 'string' && LOWER_HEX.test(uuid)) return uuid;
+    if (typeof uuid === 'string' && isLowerUuidHex(uuid)) return uuid;
     if (typeof uuid === 'string' && ANY_HEX.test(uuid)) return uuid.toLowerCase();
     throw new InvalidUuidError(uuid);
   }
