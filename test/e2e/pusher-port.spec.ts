@@ -233,23 +233,28 @@ describe('pusher port (TCP 9999): protocol.md section 5', () => {
     expect(s.pusher.counters).toMatchObject({ connections: 3, refusedLimit: 1 });
   });
 
-  it('intake: while the device port is busy, at most tasksPerTurn submits per event-loop turn, connections served round-robin, replies in order', async () => {
-    // Counts event-loop turns in this process (the server runs here too).
-    let turn = 0;
+  /** Counts event-loop turns in this process (the server under test runs here too), until the test ends. */
+  function countTurns(): { readonly now: number } {
+    const t = { now: 0 };
     let ticking = true;
     const tick = () => {
-      turn++;
+      t.now++;
       if (ticking) setImmediate(tick);
     };
     setImmediate(tick);
     cleanup.push(() => {
       ticking = false;
     });
+    return t;
+  }
+
+  it('intake: while the device port is busy, at most tasksPerTurn submits per event-loop turn, connections served round-robin, replies in order', async () => {
+    const turns = countTurns();
     const perTurn = new Map<number, number>();
     const order: string[] = [];
     const sub: PushSubmitter = {
       submit: (uuid, _w, _s, done) => {
-        perTurn.set(turn, (perTurn.get(turn) ?? 0) + 1);
+        perTurn.set(turns.now, (perTurn.get(turns.now) ?? 0) + 1);
         order.push(uuid);
         done(null);
       },
@@ -257,7 +262,7 @@ describe('pusher port (TCP 9999): protocol.md section 5', () => {
     const pusher = await startPusherOnly(sub, { tasksPerTurn: 10, maxPipelined: 10_000 });
     cleanup.push(() => pusher.close());
     // A device port that receives datagrams every turn (what PushModule wires to the real one).
-    pusher.paceWith(() => turn);
+    pusher.paceWith(() => turns.now);
     const [a, b] = await Promise.all([raw(pusher.port), raw(pusher.port)]);
     const N = 500;
     await Promise.all([a.write(Buffer.concat(Array.from({ length: N }, () => notice(1)))), b.write(Buffer.concat(Array.from({ length: N }, () => notice(2))))]);
@@ -277,20 +282,11 @@ describe('pusher port (TCP 9999): protocol.md section 5', () => {
   });
 
   it('intake: with a quiet device port (or none), a whole read is submitted in one turn', async () => {
-    let turn = 0;
-    let ticking = true;
-    const tick = () => {
-      turn++;
-      if (ticking) setImmediate(tick);
-    };
-    setImmediate(tick);
-    cleanup.push(() => {
-      ticking = false;
-    });
-    const turns = new Set<number>();
+    const turns = countTurns();
+    const seen = new Set<number>();
     const sub: PushSubmitter = {
       submit: (_u, _w, _s, done) => {
-        turns.add(turn);
+        seen.add(turns.now);
         done(null);
       },
     };
@@ -300,7 +296,7 @@ describe('pusher port (TCP 9999): protocol.md section 5', () => {
     const c = await raw(pusher.port);
     await c.write(Buffer.concat(Array.from({ length: 200 }, (_, i) => notice(i))));
     expect(await c.waitReplies(200)).toEqual(Array(200).fill(0));
-    expect(turns.size).toBeLessThanOrEqual(2); // one read chunk (4.2 KB), maybe split in two by TCP
+    expect(seen.size).toBeLessThanOrEqual(2); // one read chunk (4.2 KB), maybe split in two by TCP
   });
 
   it('pipelining limit: with submits held, the server stops reading at maxPipelined (+ at most one chunk) and resumes when they settle', async () => {
