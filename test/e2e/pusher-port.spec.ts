@@ -367,6 +367,34 @@ describe('pusher port (TCP 9999): protocol.md section 5', () => {
     expect(pusher.counters.unreplied).toBe(0);
   });
 
+  it('graceful close() with tasks still queued by the intake: every task read is submitted and answered', async () => {
+    const turns = countTurns();
+    const N = 400;
+    let closing: Promise<void> | undefined;
+    let atClose = { submitted: 0, pipelined: 0 };
+    const sub = new ScriptedSubmitter(() => ({ delayMs: 5 }));
+    const submit = sub.submit.bind(sub);
+    // The fifth submit (the second turn's first) closes the port: the whole read is decoded by then, most of it still queued.
+    sub.submit = (...args) => {
+      submit(...args);
+      if (!closing && sub.calls.length === 5) {
+        atClose = { submitted: sub.calls.length, pipelined: pusher.pipelined };
+        closing = pusher.close();
+      }
+    };
+    const pusher = await startPusherOnly(sub, { tasksPerTurn: 4, maxPipelined: 10_000 });
+    pusher.paceWith(() => turns.now); // a busy device port: 4 tasks per turn
+    const c = await raw(pusher.port);
+    await c.write(Buffer.concat(Array.from({ length: N }, (_, i) => notice(i))));
+    await until(() => closing !== undefined, 2000, 'the fifth submit');
+    await closing;
+    expect(atClose).toEqual({ submitted: 5, pipelined: N });
+    expect(sub.calls.length).toBe(N);
+    expect(c.replies).toEqual(new Array(N).fill(0));
+    await c.waitClosed(1000);
+    expect(pusher.counters.unreplied).toBe(0);
+  });
+
   it('close() gives up on submits that never settle after closeTimeoutMs', async () => {
     const sub = new ScriptedSubmitter();
     sub.holding = true;
