@@ -247,6 +247,36 @@ export function describeOfflineStoreContract(name: string, factory: OfflineStore
       expect((await s.read(u))!.messageVersion).not.toBe(0);
     });
 
+    it('writeThen (the push hot path): one callback per write, with the result once stored or the error when not', async () => {
+      const s = await make({ maxDevices: 2 });
+      const calls: { err: Error | null; r: WriteResult | null }[] = [];
+      const a = uuid();
+      const b = uuid();
+      const writes = [a, b, uuid(), a].map(
+        (u, i) =>
+          new Promise<void>((resolve) =>
+            s.writeThen(u, msg(`w${i}`), (err, r) => {
+              calls.push({ err, r });
+              resolve();
+            }),
+          ),
+      );
+      await Promise.all(writes);
+      // Exactly one callback per write, never both an error and a result.
+      expect(calls).toHaveLength(4);
+      for (const c of calls) expect((c.err === null) !== (c.r === null)).toBe(true);
+      const failed = calls.filter((c) => c.err);
+      expect(failed).toHaveLength(1);
+      expect(failed[0]!.err).toBeInstanceOf(OfflineStoreFullError);
+      // What the callbacks reported is what the store holds.
+      const state = await s.read(a);
+      expect(state?.message?.toString()).toBe('w3');
+      expect(calls.some((c) => c.r?.version === state?.messageVersion)).toBe(true);
+      // Settling more callbacks later (a second call, a late commit) would show here.
+      await new Promise((r) => setTimeout(r, 20));
+      expect(calls).toHaveLength(4);
+    });
+
     it('exposes drops as an Observable', async () => {
       const s = await make();
       const seen: StoreDrop[] = [];
