@@ -424,18 +424,21 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
    * version and awaiting its ack is not sent again.
    */
   private sendPending(id: number, uuid: string, state: PendingState, resend: boolean, skip = 0): boolean {
-    const t = this.table;
-    const appId = t.appId[id]!;
+    const appId = this.table.appId[id]!;
     let sent = false;
-    const out = (kind: 'notice' | 'message', version: number) =>
-      (skip & KIND_FLAG[kind]) !== 0 &&
-      (kind === 'notice' ? t.txNoticeVersion[id] === version && t.txNoticeCount[id]! > 0 : t.txMessageVersion[id] === version && t.txMessageCount[id]! > 0);
-    if (state.notice && !out('notice', state.notice)) sent = this.sendKind(id, uuid, 'notice', state.notice, encodeNotice(appId), resend) || sent;
+    if (state.notice && !this.isOut(id, 'notice', state.notice, skip)) sent = this.sendKind(id, uuid, 'notice', state.notice, encodeNotice(appId), resend) || sent;
     if (state.category) sent = this.sendKind(id, uuid, 'category', state.categoryVersion, encodeCategory(appId, state.category), resend) || sent;
-    if (state.message && !out('message', state.messageVersion)) {
+    if (state.message && !this.isOut(id, 'message', state.messageVersion, skip)) {
       sent = this.sendKind(id, uuid, 'message', state.messageVersion, encodeMessage(appId, state.message), resend) || sent;
     }
     return sent;
+  }
+
+  /** `version` of `kind` is among the `skip` kinds and already out, awaiting its ack. */
+  private isOut(id: number, kind: 'notice' | 'message', version: number, skip: number): boolean {
+    if ((skip & KIND_FLAG[kind]) === 0) return false;
+    const t = this.table;
+    return kind === 'notice' ? t.txNoticeVersion[id] === version && t.txNoticeCount[id]! > 0 : t.txMessageVersion[id] === version && t.txMessageCount[id]! > 0;
   }
 
   private sendKind(id: number, uuid: string, kind: PushKind, version: number, frame: Buffer, resend: boolean): boolean {

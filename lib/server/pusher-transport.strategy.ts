@@ -3,6 +3,7 @@ import { BlockList, createServer, isIP, type Server as NetServer, type Socket } 
 import { PayloadTooLargeError } from '../errors/payload-too-large.error.js';
 import { PushFailedError } from '../errors/push-failed.error.js';
 import { PushConfigError } from '../errors/push-config.error.js';
+import { type IntakeQueue, PusherIntake } from './pusher-intake.js';
 import { PushTransportServer } from './push-transport.server.js';
 import type { PushSubmitter, SubmitCallback } from '../interfaces/push-submitter.interface.js';
 import { DEFAULT_MAX_CONTENT_LENGTH, MAX_U16, PusherCmd, PusherReply, type PusherTaskError } from '../protocol/protocol.constants.js';
@@ -155,9 +156,6 @@ const MAPPED_V4 = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i;
 /** Pause reading when this many reply bytes sit unsent in the socket (a peer that does not read its replies). */
 const WRITE_BACKLOG_LIMIT = 64 * 1024;
 
-/** The device port counts as busy this long (ms) after it last received a datagram. */
-const DEVICE_BUSY_MS = 20;
-
 /** Reply slot still waiting for its submit. */
 const PENDING = -1;
 
@@ -169,7 +167,7 @@ const PENDING = -1;
  * its slot and the ready prefix is written in one batch on the next tick, so a
  * burst of pipelined tasks costs one socket write, not one per task.
  */
-class PusherConnection implements PusherTaskSink {
+class PusherConnection implements PusherTaskSink, IntakeQueue {
   readonly decoder: PusherTaskStreamDecoder;
   /** Reply codes of unanswered tasks; index 0 is sequence number `base`. */
   private codes: number[] = [];
@@ -242,10 +240,10 @@ class PusherConnection implements PusherTaskSink {
     const seq = this.base + this.codes.length;
     this.codes.push(PENDING);
     // Tasks of one connection are submitted in order: once one waits, the rest queue behind it.
-    if (!this.hasQueued && this.owner.admit()) return this.submit(task, seq);
+    if (!this.hasQueued && this.owner.intake.admit()) return this.submit(task, seq);
     this.qTasks.push(task);
     this.qSeqs.push(seq);
-    this.owner.waitTurn(this);
+    this.owner.intake.wait(this);
   }
 
   /** Submits the oldest queued task (the intake scheduler's turn for this connection). */
@@ -442,14 +440,8 @@ export class PusherTransportStrategy extends PushTransportServer<PusherTransport
   };
   private readonly allowList: BlockList | undefined;
   private readonly connections = new Set<PusherConnection>();
-  /** Intake: tasks left in this turn's budget; a turn is open while its closing immediate is pending. */
-  private budget = 0;
-  private turnOpen = false;
-  /** Connections with queued tasks, each once (bounded by `maxConnections`). */
-  private readonly waitList: PusherConnection[] = [];
-  private deviceDatagrams: (() => number) | undefined;
-  private lastDatagrams = 0;
-  private deviceBusyAt = -Infinity;
+  /** @internal Turn-by-turn task intake, shared by the connections. */
+  readonly intake: PusherIntake;
   private readonly emitter = new EventEmitter();
   private server: NetServer | undefined;
   private idleTimer: NodeJS.Timeout | undefined;
@@ -464,6 +456,7 @@ export class PusherTransportStrategy extends PushTransportServer<PusherTransport
       throw new PushConfigError('pusher.submitter', 'expected a PushSubmitter (an object with submit(uuid, write, source, done)), e.g. the DeviceEngine');
     }
     this.options = resolve(options);
+    this.intake = new PusherIntake(this.options.tasksPerTurn);
     this.allowList = this.options.allow && buildAllowList(this.options.allow);
   }
 
@@ -472,75 +465,14 @@ export class PusherTransportStrategy extends PushTransportServer<PusherTransport
     return this.boundPort;
   }
 
-  /** @internal A task may be submitted in this turn (takes one from the budget). */
-  admit(): boolean {
-    this.openTurn();
-    if (this.budget === 0) return false;
-    this.budget--;
-    return true;
-  }
-
-  /** @internal `conn` has queued tasks: serve it in the coming turns. */
-  waitTurn(conn: PusherConnection): void {
-    if (!conn.waiting) {
-      conn.waiting = true;
-      this.waitList.push(conn);
-    }
-    this.openTurn();
-  }
-
   /**
-   * @internal Paces intake against the device port: `datagrams` reads its
-   * running count of received datagrams (PushModule wires it).
+   * Paces task intake against the device port (see `tasksPerTurn`):
+   * `datagrams` reads its running count of received datagrams. PushModule
+   * wires it to the app's device transport.
    */
   paceWith(datagrams: () => number): void {
-    this.deviceDatagrams = datagrams;
-    this.lastDatagrams = datagrams();
+    this.intake.paceWith(datagrams);
   }
-
-  private turnBudget(): number {
-    const read = this.deviceDatagrams;
-    // No device port to yield to, or a quiet one: what is queued is bounded by maxPipelined per connection anyway.
-    if (!read) return Number.MAX_SAFE_INTEGER;
-    const n = read();
-    const now = Date.now();
-    if (n !== this.lastDatagrams) {
-      this.lastDatagrams = n;
-      this.deviceBusyAt = now;
-    }
-    // Busy for a while after the last datagram, not just "since the previous turn": a turn can open
-    // and close within one poll phase, and a flapping verdict would let whole queues through in bursts.
-    return now - this.deviceBusyAt <= DEVICE_BUSY_MS ? this.options.tasksPerTurn : Number.MAX_SAFE_INTEGER;
-  }
-
-  private openTurn(): void {
-    if (this.turnOpen) return;
-    this.turnOpen = true;
-    this.budget = this.turnBudget();
-    // setImmediate runs after the poll phase: the device port's reads come between two turns.
-    setImmediate(this.nextTurn);
-  }
-
-  private readonly nextTurn = (): void => {
-    this.turnOpen = false;
-    const list = this.waitList;
-    if (list.length === 0) return;
-    this.openTurn();
-    // Round-robin, one task per connection per pass, so one busy connection cannot starve the others.
-    while (this.budget > 0 && list.length > 0) {
-      let kept = 0;
-      for (let i = 0; i < list.length; i++) {
-        const c = list[i]!;
-        if (this.budget > 0 && c.hasQueued) {
-          this.budget--;
-          c.submitQueued();
-        }
-        if (c.hasQueued) list[kept++] = c;
-        else c.waiting = false;
-      }
-      list.length = kept;
-    }
-  };
 
   get listening(): boolean {
     return this.boundPort !== 0;
