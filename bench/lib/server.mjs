@@ -94,3 +94,5 @@ process.on('message', async (msg) => {
   }
 });
 process.send({ ready: true });
+// The benchmark process died without stopping us (a crash, a closed pipe): do not linger as an orphan.
+process.on('disconnect', () => process.exit(0));
