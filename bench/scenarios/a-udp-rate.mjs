@@ -49,7 +49,7 @@ export default {
           raw: figures.raw[w],
           target: '>= 0.7x raw',
           check: (_n, _r, ratio) => ratio >= 0.7,
-          notes: [cpuNote(w), `nest-push pushes accepted in the last window that were settled by their device's ack: ${acked[w]}`],
+          notes: [cpuNote(w), `nest-push pushes accepted in the last window that were settled by their device's ack before it ended (acks still on their way settle after): ${acked[w]}`],
         }),
       );
     } finally {
