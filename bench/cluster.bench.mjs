@@ -262,7 +262,7 @@ function startNode(id, url, prefix, children) {
   const child = fork(NODE_MAIN, [], {
     cwd: root,
     execArgv: prof,
-    env: { ...process.env, NODE_ID: id, REDIS_URL: url, KEY_PREFIX: prefix, TIMEOUT_MS: '3000' },
+    env: { ...process.env, NODE_ID: id, REDIS_URL: url, KEY_PREFIX: prefix, TIMEOUT_MS: '3000', COLLECT_OUTCOMES: '0' },
     serialization: 'advanced',
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
