@@ -55,6 +55,7 @@ export const PUSH_METRIC_NAMES = {
   expired: 'devices_expired_total',
   drops: 'drops_total',
   pusherTasks: 'pusher_tasks_total',
+  pusherDeferred: 'pusher_tasks_deferred_total',
   deliveryLatency: 'delivery_latency_seconds',
   storeCommit: 'store_commit_seconds',
   gatewayLatency: 'gateway_latency_seconds',
@@ -368,6 +369,17 @@ export class PushMetrics implements OnModuleInit, OnModuleDestroy {
             this.inc({ result: 'accepted' }, c.accepted);
             this.inc({ result: 'malformed' }, malformed);
             this.inc({ result: 'error' }, c.errors);
+          },
+        }),
+      );
+      this.track(
+        new Counter({
+          name: p + n.pusherDeferred,
+          help: 'Pusher tasks that waited for a later event-loop turn while the device port was busy (pusher.tasksPerTurn).',
+          registers,
+          collect() {
+            this.reset();
+            this.inc(pusher.counters.deferred);
           },
         }),
       );

@@ -91,6 +91,8 @@ export interface PusherTransportCounters {
   pauses: number;
   /** Highest number of unanswered tasks seen on one connection. */
   peakPipelined: number;
+  /** Tasks that waited for a later event-loop turn while the device port was busy (`tasksPerTurn`). */
+  deferred: number;
 }
 
 /** One open connection, as `connectionsInfo()` reports it. */
@@ -243,6 +245,7 @@ class PusherConnection implements PusherTaskSink, IntakeQueue {
     if (!this.hasQueued && this.owner.intake.admit()) return this.submit(task, seq);
     this.qTasks.push(task);
     this.qSeqs.push(seq);
+    this.owner.counters.deferred++;
     this.owner.intake.wait(this);
   }
 
@@ -437,6 +440,7 @@ export class PusherTransportStrategy extends PushTransportServer<PusherTransport
     protocolClosed: 0,
     pauses: 0,
     peakPipelined: 0,
+    deferred: 0,
   };
   private readonly allowList: BlockList | undefined;
   private readonly connections = new Set<PusherConnection>();

@@ -270,6 +270,9 @@ describe('pusher port (TCP 9999): protocol.md section 5', () => {
     expect(await b.waitReplies(N)).toEqual(Array(N).fill(0));
     expect(order).toHaveLength(2 * N);
     expect(Math.max(...perTurn.values())).toBeLessThanOrEqual(10);
+    // Only a turn's budget (per connection's first read at most) went through at once; the rest waited.
+    expect(pusher.counters.deferred).toBeGreaterThanOrEqual(2 * N - 20);
+    expect(pusher.counters.deferred).toBeLessThan(2 * N);
     // 1000 tasks at 10 per turn take at least 100 turns.
     expect(perTurn.size).toBeGreaterThanOrEqual(100);
     // Round-robin: once both connections have tasks queued (well inside the run), they alternate, so the
@@ -296,6 +299,7 @@ describe('pusher port (TCP 9999): protocol.md section 5', () => {
     const c = await raw(pusher.port);
     await c.write(Buffer.concat(Array.from({ length: 200 }, (_, i) => notice(i))));
     expect(await c.waitReplies(200)).toEqual(Array(200).fill(0));
+    expect(pusher.counters.deferred).toBe(0);
     expect(seen.size).toBeLessThanOrEqual(2); // one read chunk (4.2 KB), maybe split in two by TCP
   });
 
