@@ -551,20 +551,20 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
         const version = this.ackedVersion(id, kind);
         if (version === 0) return this.countDrop('ack-unmatched');
         const uuid = t.uuidHex(id);
-        const op = kind === 'notice' ? this.store.ackNotice(uuid, version) : this.store.ackMessage(uuid, version);
-        op.then((r) => {
+        this.store.ackThen(uuid, kind, version, (err, r) => {
+          if (err) return this.storeFailed();
           if (!this.sameRecord(id, uuid)) return;
-          if (!r.remaining) {
+          if (!r!.remaining) {
             t.flags[id]! &= ~KIND_FLAG[kind];
             this.resetTx(id, kind);
           }
-          if (r.cleared) this.emit({ type: 'ack', uuid, kind, version, at: Date.now() });
+          if (r!.cleared) this.emit({ type: 'ack', uuid, kind, version, at: Date.now() });
           // Queue mode: the next message goes out as soon as the previous is acked.
           // An ack that cleared nothing while something is pending acked a
           // version the store no longer holds (another node replaced it, or a
           // full queue dropped it): send what is pending now.
-          if (r.remaining) this.load(id, uuid, false, true);
-        }, this.storeFailed);
+          if (r!.remaining) this.load(id, uuid, false, true);
+        });
         return;
       }
     }

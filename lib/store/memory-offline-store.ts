@@ -1,6 +1,6 @@
 import { ownBuffer } from './own-buffer.util.js';
 import { VersionCounter } from './version-counter.js';
-import { asError, OfflineStore, OfflineStoreFullError, type AckResult, type WriteCallback, type OfflineStoreStats, type PendingState, type PendingWrite, type WriteResult } from './offline-store.js';
+import { asError, OfflineStore, OfflineStoreFullError, type AckCallback, type AckResult, type WriteCallback, type OfflineStoreStats, type PendingState, type PendingWrite, type WriteResult } from './offline-store.js';
 
 /** Options of the in-memory store. */
 export interface MemoryOfflineStoreOptions {
@@ -22,6 +22,10 @@ interface Entry {
 }
 
 const NO_REPLACE = 0;
+// Ack results are answers, never changed by their receivers: one frozen object each.
+const NOT_PENDING: AckResult = Object.freeze({ cleared: false, remaining: false });
+const OTHER_PENDING: AckResult = Object.freeze({ cleared: false, remaining: true });
+const CLEARED: AckResult = Object.freeze({ cleared: true, remaining: false });
 
 /**
  * Pending messages in a Map: fast, bounded, and gone with the process. For
@@ -130,12 +134,20 @@ export class MemoryOfflineStore extends OfflineStore {
   }
 
   ackNotice(uuid: string, version: number): Promise<AckResult> {
+    return Promise.resolve(this.ackNoticeSync(uuid, version));
+  }
+
+  override ackThen(uuid: string, kind: 'notice' | 'message', version: number, done: AckCallback): void {
+    done(null, kind === 'notice' ? this.ackNoticeSync(uuid, version) : this.ackMessageSync(uuid, version));
+  }
+
+  private ackNoticeSync(uuid: string, version: number): AckResult {
     const e = this.entries.get(uuid);
-    if (!e || e.notice === 0) return Promise.resolve({ cleared: false, remaining: false });
-    if (e.notice !== version) return Promise.resolve({ cleared: false, remaining: true });
+    if (!e || e.notice === 0) return NOT_PENDING;
+    if (e.notice !== version) return OTHER_PENDING;
     e.notice = 0;
     this.dropIfEmpty(uuid, e);
-    return Promise.resolve({ cleared: true, remaining: false });
+    return CLEARED;
   }
 
   ackCategory(uuid: string, mask: bigint): Promise<bigint> {
@@ -149,14 +161,18 @@ export class MemoryOfflineStore extends OfflineStore {
   }
 
   ackMessage(uuid: string, version: number): Promise<AckResult> {
+    return Promise.resolve(this.ackMessageSync(uuid, version));
+  }
+
+  private ackMessageSync(uuid: string, version: number): AckResult {
     const e = this.entries.get(uuid);
-    if (!e || e.messageVersion === 0) return Promise.resolve({ cleared: false, remaining: false });
-    if (e.messageVersion !== version) return Promise.resolve({ cleared: false, remaining: true });
+    if (!e || e.messageVersion === 0) return NOT_PENDING;
+    if (e.messageVersion !== version) return OTHER_PENDING;
     this.bytes -= e.message?.length ?? 0;
     e.message = null;
     e.messageVersion = 0;
     this.dropIfEmpty(uuid, e);
-    return Promise.resolve({ cleared: true, remaining: false });
+    return CLEARED;
   }
 
   remove(uuid: string): Promise<void> {

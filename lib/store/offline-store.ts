@@ -47,6 +47,9 @@ export interface PendingState {
  */
 export type WriteCallback = (err: Error | null, result: WriteResult | null) => void;
 
+/** How `ackThen` reports: `err` set when the ack could not be applied, else the result. Called exactly once. */
+export type AckCallback = (err: Error | null, result: AckResult | null) => void;
+
 /** Result of acking a notice or a message. */
 export interface AckResult {
   /** The acked version was the pending one and is gone. */
@@ -126,6 +129,18 @@ export abstract class OfflineStore {
       (err: unknown) => done(asError(err), null),
     );
   }
+  /**
+   * `ackNotice` / `ackMessage` for the ack hot path (one per delivered push),
+   * reported through a callback like `writeThen`. Override it when the store
+   * can answer without a promise; this default adapts the promise methods.
+   */
+  ackThen(uuid: string, kind: 'notice' | 'message', version: number, done: AckCallback): void {
+    (kind === 'notice' ? this.ackNotice(uuid, version) : this.ackMessage(uuid, version)).then(
+      (r) => done(null, r),
+      (err: unknown) => done(asError(err), null),
+    );
+  }
+
   /** Pending state, or null when nothing is pending for the device. */
   abstract read(uuid: string): Promise<PendingState | null>;
   abstract ackNotice(uuid: string, version: number): Promise<AckResult>;
