@@ -25,10 +25,12 @@ import {
   type PendingState,
   type PendingWrite,
   type StoreDrop,
+  type AckCallback,
   type WriteCallback,
   type WriteResult,
   asError,
 } from './offline-store.js';
+import { CLEARED, CLEARED_MORE, NOT_PENDING, OTHER_PENDING } from './ack-results.js';
 import { ownBuffer } from './own-buffer.util.js';
 import { VersionCounter } from './version-counter.js';
 
@@ -109,8 +111,10 @@ interface Batch {
   durable: Promise<void>;
   settle: (err?: unknown) => void;
   settleDurable: (err?: unknown) => void;
-  /** `writeThen` callbacks and their results, in pairs: woken once, by `wake`. */
+  /** `writeThen` callbacks and their results, in pairs: woken once (at `durability`), by `wake`. */
   writers: (WriteCallback | WriteResult)[];
+  /** `ackThen` callbacks and their results, in pairs: woken once, at the commit. */
+  ackers: (AckCallback | AckResult)[];
 }
 
 const STATE_KEY = 'state';
@@ -384,17 +388,39 @@ export class LmdbOfflineStore extends OfflineStore {
   }
 
   ackNotice(uuid: string, version: number): Promise<AckResult> {
+    return new Promise((resolve, reject) => this.ackThen(uuid, 'notice', version, (err, r) => (err ? reject(err) : resolve(r!))));
+  }
+
+  /** Acks that change a record wait for their batch's commit; one loop wakes them all. */
+  override ackThen(uuid: string, kind: 'notice' | 'message', version: number, done: AckCallback): void {
     try {
       const id = this.idOf(uuid);
       const [before, key] = this.current(id);
-      if (!before || before.notice === 0) return Promise.resolve({ cleared: false, remaining: false });
-      if (before.notice !== version) return Promise.resolve({ cleared: false, remaining: true });
+      if (kind === 'notice') {
+        if (!before || before.notice === 0) return done(null, NOT_PENDING);
+        if (before.notice !== version) return done(null, OTHER_PENDING);
+        this.checkWritable();
+        const rec = cloneRecord(before);
+        rec.notice = 0;
+        this.apply(id, key, before, orNull(rec), NO_DROPS).ackers.push(done, CLEARED);
+        return;
+      }
+      if (!before || before.messages.length === 0) return done(null, NOT_PENDING);
+      // An acked head was delivered, even if its TTL passed meanwhile: match it before expiring anything.
+      if (before.messages[0]!.version !== version) {
+        this.read(id).then(
+          (s) => done(null, s !== null && s.messageVersion !== 0 ? OTHER_PENDING : NOT_PENDING),
+          (err: unknown) => done(asError(err), null),
+        );
+        return;
+      }
       this.checkWritable();
       const rec = cloneRecord(before);
-      rec.notice = 0;
-      return this.apply(id, key, before, orNull(rec), NO_DROPS).committed.then((): AckResult => ({ cleared: true, remaining: false }));
+      rec.messages.shift();
+      const drops = this.purgeExpired(id, rec, Date.now());
+      this.apply(id, key, before, orNull(rec), drops).ackers.push(done, rec.messages.length > 0 ? CLEARED_MORE : CLEARED);
     } catch (err) {
-      return Promise.reject(err);
+      done(asError(err), null);
     }
   }
 
@@ -416,23 +442,7 @@ export class LmdbOfflineStore extends OfflineStore {
   }
 
   ackMessage(uuid: string, version: number): Promise<AckResult> {
-    try {
-      const id = this.idOf(uuid);
-      const [before, key] = this.current(id);
-      if (!before || before.messages.length === 0) return Promise.resolve({ cleared: false, remaining: false });
-      // An acked head was delivered, even if its TTL passed meanwhile: match it before expiring anything.
-      if (before.messages[0]!.version !== version) {
-        return this.read(id).then((s): AckResult => ({ cleared: false, remaining: s !== null && s.messageVersion !== 0 }));
-      }
-      this.checkWritable();
-      const rec = cloneRecord(before);
-      rec.messages.shift();
-      const drops = this.purgeExpired(id, rec, Date.now());
-      const result: AckResult = { cleared: true, remaining: rec.messages.length > 0 };
-      return this.apply(id, key, before, orNull(rec), drops).committed.then(() => result);
-    } catch (err) {
-      return Promise.reject(err);
-    }
+    return new Promise((resolve, reject) => this.ackThen(uuid, 'message', version, (err, r) => (err ? reject(err) : resolve(r!))));
   }
 
   remove(uuid: string): Promise<void> {
@@ -620,7 +630,7 @@ export class LmdbOfflineStore extends OfflineStore {
     // Operations attach to one or the other; neither may surface as an unhandled rejection.
     committed.catch(noop);
     durable.catch(noop);
-    const b: Batch = { gen: ++this.gen, dirty: [], drops: [], committed, durable, settle, settleDurable, writers: [] };
+    const b: Batch = { gen: ++this.gen, dirty: [], drops: [], committed, durable, settle, settleDurable, writers: [], ackers: [] };
     this.batch = b;
     this.inflight++;
     return b;
@@ -675,6 +685,7 @@ export class LmdbOfflineStore extends OfflineStore {
       if (b.gen > this.committedGen) this.committedGen = b.gen;
       this.evict();
       b.settle();
+      this.wakeAckers(b, null);
       if (this.durability === 'async') this.wake(b, null);
       for (const d of b.drops) this.drops$.next(d);
       return;
@@ -685,6 +696,7 @@ export class LmdbOfflineStore extends OfflineStore {
     });
     b.settle(wrapped);
     b.settleDurable(wrapped);
+    this.wakeAckers(b, wrapped);
     this.wake(b, wrapped);
   }
 
@@ -693,18 +705,15 @@ export class LmdbOfflineStore extends OfflineStore {
     const w = b.writers;
     if (w.length === 0) return;
     b.writers = [];
-    for (let i = 0; i < w.length; i += 2) {
-      const done = w[i] as WriteCallback;
-      // One faulty callback must not leave the rest of the batch unanswered.
-      try {
-        if (err) done(err, null);
-        else done(null, w[i + 1] as WriteResult);
-      } catch (thrown) {
-        queueMicrotask(() => {
-          throw thrown;
-        });
-      }
-    }
+    callBack(w, err);
+  }
+
+  /** Calls the batch's ackers back (each once). */
+  private wakeAckers(b: Batch, err: Error | null): void {
+    const a = b.ackers;
+    if (a.length === 0) return;
+    b.ackers = [];
+    callBack(a, err);
   }
 
   /** The batch is durable (or failed); once nothing is in flight, wake `close()` and recover from a failure. */
@@ -749,6 +758,22 @@ function drop(uuid: string, version: number, reason: StoreDrop['reason']): Store
 
 function orNull(rec: DeviceRecord): DeviceRecord | null {
   return isEmptyRecord(rec) ? null : rec;
+}
+
+/** Calls `(callback, result)` pairs back, with `err` instead of the results when set. */
+function callBack<R>(pairs: (((err: Error | null, r: R | null) => void) | R)[], err: Error | null): void {
+  for (let i = 0; i < pairs.length; i += 2) {
+    const done = pairs[i] as (err: Error | null, r: R | null) => void;
+    // One faulty callback must not leave the rest of the batch unanswered.
+    try {
+      if (err) done(err, null);
+      else done(null, pairs[i + 1] as R);
+    } catch (thrown) {
+      queueMicrotask(() => {
+        throw thrown;
+      });
+    }
+  }
 }
 
 function stateOf(rec: DeviceRecord): PendingState {

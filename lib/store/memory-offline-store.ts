@@ -1,3 +1,4 @@
+import { CLEARED, NOT_PENDING, OTHER_PENDING } from './ack-results.js';
 import { ownBuffer } from './own-buffer.util.js';
 import { VersionCounter } from './version-counter.js';
 import { asError, OfflineStore, OfflineStoreFullError, type AckCallback, type AckResult, type WriteCallback, type OfflineStoreStats, type PendingState, type PendingWrite, type WriteResult } from './offline-store.js';
@@ -22,10 +23,7 @@ interface Entry {
 }
 
 const NO_REPLACE = 0;
-// Ack results are answers, never changed by their receivers: one frozen object each.
-const NOT_PENDING: AckResult = Object.freeze({ cleared: false, remaining: false });
-const OTHER_PENDING: AckResult = Object.freeze({ cleared: false, remaining: true });
-const CLEARED: AckResult = Object.freeze({ cleared: true, remaining: false });
+
 
 /**
  * Pending messages in a Map: fast, bounded, and gone with the process. For

@@ -277,6 +277,24 @@ export function describeOfflineStoreContract(name: string, factory: OfflineStore
       expect(calls).toHaveLength(4);
     });
 
+    it('ackThen (the ack hot path): one callback per ack, with what ackNotice/ackMessage would answer', async () => {
+      const s = await make();
+      const u = uuid();
+      const n = await s.write(u, { kind: 'notice' });
+      const m = await s.write(u, msg('m'));
+      const ack = (kind: 'notice' | 'message', version: number) =>
+        new Promise<unknown[]>((resolve) => {
+          const calls: unknown[] = [];
+          s.ackThen(u, kind, version, (err, r) => calls.push(err ?? { ...r }));
+          setTimeout(() => resolve(calls), 20);
+        });
+      expect(await ack('notice', n.version + 1)).toEqual([{ cleared: false, remaining: true }]);
+      expect(await ack('message', m.version)).toEqual([{ cleared: true, remaining: false }]);
+      expect(await ack('message', m.version)).toEqual([{ cleared: false, remaining: false }]);
+      expect(await ack('notice', n.version)).toEqual([{ cleared: true, remaining: false }]);
+      expect(await s.read(u)).toBeNull();
+    });
+
     it('exposes drops as an Observable', async () => {
       const s = await make();
       const seen: StoreDrop[] = [];
