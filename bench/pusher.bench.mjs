@@ -14,8 +14,9 @@
 import { createServer, connect } from 'node:net';
 import { Worker, isMainThread, parentPort } from 'node:worker_threads';
 import { parseArgs } from 'node:util';
+import { PAYLOAD_BYTES, ringReader, taskRing } from './lib/wire.mjs';
 
-const TASK_CONTENT = 100;
+const TASK_CONTENT = PAYLOAD_BYTES;
 const DISTINCT_UUIDS = 10_000;
 const PIPELINE_WINDOW = 256;
 const TARGET = 100_000;
@@ -137,21 +138,8 @@ function startBaseline() {
 // ----------------------------------------------------------------- worker
 
 function runWorker() {
-  // Pre-encoded tasks, built by hand (same bytes as encodePusherTask) so the worker needs nothing from dist.
-  const TASK = 21 + TASK_CONTENT;
-  const tasks = Buffer.alloc(TASK * DISTINCT_UUIDS);
-  for (let i = 0; i < DISTINCT_UUIDS; i++) {
-    const o = i * TASK;
-    tasks[o] = 1;
-    tasks[o + 1] = 1;
-    tasks[o + 2] = 0x20;
-    tasks.writeUInt32BE(0x9e3779b9, o + 3);
-    tasks.writeUInt32BE(i, o + 7);
-    tasks.writeUInt32BE(0xdeadbeef, o + 11);
-    tasks.writeUInt32BE(i * 2654435761 >>> 0, o + 15);
-    tasks.writeUInt16BE(TASK_CONTENT, o + 19);
-    tasks.fill(0x61 + (i % 26), o + 21, o + TASK);
-  }
+  // Pre-encoded tasks (bench/lib/wire.mjs: the same bytes as encodePusherTask, nothing from dist).
+  const tasks = taskRing(DISTINCT_UUIDS);
 
   parentPort.on('message', async ({ port, connections, window, durationMs, warmupMs }) => {
     let counting = false;
@@ -164,19 +152,8 @@ function runWorker() {
         new Promise((resolve, reject) => {
           const s = connect({ host: '127.0.0.1', port, noDelay: true });
           socks.push(s);
-          let cursor = (c * 2503) % DISTINCT_UUIDS; // each connection starts elsewhere in the uuid ring
-          const send = (n) => {
-            // n tasks as one write (copied out of the ring, wrapping at its end)
-            const out = Buffer.allocUnsafe(n * TASK);
-            let filled = 0;
-            while (filled < n) {
-              const take = Math.min(n - filled, DISTINCT_UUIDS - cursor);
-              tasks.copy(out, filled * TASK, cursor * TASK, (cursor + take) * TASK);
-              filled += take;
-              cursor = (cursor + take) % DISTINCT_UUIDS;
-            }
-            s.write(out);
-          };
+          const next = ringReader(tasks, c * 2503); // each connection starts elsewhere in the uuid ring
+          const send = (n) => s.write(next(n));
           s.on('connect', () => {
             send(window);
             resolve();

@@ -25,10 +25,11 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Worker, isMainThread, parentPort } from 'node:worker_threads';
 import { connect } from 'node:net';
+import { PAYLOAD_BYTES, ringReader, taskRing } from './lib/wire.mjs';
 
 const CONNECTIONS = 64;
 const WINDOW = 256;
-const CONTENT = 100;
+const CONTENT = PAYLOAD_BYTES;
 const UUIDS = 10_000;
 const TARGET_RATIO = 0.8;
 
@@ -158,21 +159,8 @@ function fmt(n) {
 // ----------------------------------------------------------------- worker
 
 function runWorker() {
-  const TASK = 21 + CONTENT;
-  // Pre-encoded 0x20 tasks, one per uuid (same bytes as encodePusherTask).
-  const tasks = Buffer.alloc(TASK * UUIDS);
-  for (let i = 0; i < UUIDS; i++) {
-    const o = i * TASK;
-    tasks[o] = 1;
-    tasks[o + 1] = 1;
-    tasks[o + 2] = 0x20;
-    tasks.writeUInt32BE(0x5eed5eed, o + 3);
-    tasks.writeUInt32BE(i, o + 7);
-    tasks.writeUInt32BE(0xc0ffee00, o + 11);
-    tasks.writeUInt32BE((i * 2654435761) >>> 0, o + 15);
-    tasks.writeUInt16BE(CONTENT, o + 19);
-    tasks.fill(0x61 + (i % 26), o + 21, o + TASK);
-  }
+  // Pre-encoded 0x20 tasks, one per uuid (bench/lib/wire.mjs: the same bytes as encodePusherTask).
+  const tasks = taskRing(UUIDS);
 
   parentPort.on('message', async ({ port, durationMs, warmupMs }) => {
     let counting = false;
@@ -190,19 +178,11 @@ function runWorker() {
           new Promise((resolve, reject) => {
             const s = connect({ host: '127.0.0.1', port, noDelay: true });
             socks.push(s);
-            let cursor = (c * 157) % UUIDS;
+            const next = ringReader(tasks, c * 157);
             let outstanding = 0;
             const send = (n) => {
-              const out = Buffer.allocUnsafe(n * TASK);
-              let filled = 0;
-              while (filled < n) {
-                const take = Math.min(n - filled, UUIDS - cursor);
-                tasks.copy(out, filled * TASK, cursor * TASK, (cursor + take) * TASK);
-                filled += take;
-                cursor = (cursor + take) % UUIDS;
-              }
               outstanding += n;
-              s.write(out);
+              s.write(next(n));
             };
             let done;
             drained.push(new Promise((r) => (done = r)));

@@ -62,3 +62,30 @@ export function writeTask(buf, offset, i, sentAt) {
 }
 
 export const TASK_BYTES = CLIENT_HEADER + PAYLOAD_BYTES;
+
+/** `count` 0x20 pusher tasks for devices 0 .. count - 1, back to back (device i at i * TASK_BYTES). */
+export function taskRing(count) {
+  const ring = Buffer.alloc(count * TASK_BYTES);
+  for (let i = 0; i < count; i++) writeTask(ring, i * TASK_BYTES, i, 0);
+  return ring;
+}
+
+/**
+ * Reads a task ring from `start`, wrapping at its end: each call `(n)` returns
+ * the next n tasks as one buffer (one socket write).
+ */
+export function ringReader(ring, start = 0) {
+  const count = ring.length / TASK_BYTES;
+  let cursor = start % count;
+  return (n) => {
+    const out = Buffer.allocUnsafe(n * TASK_BYTES);
+    let filled = 0;
+    while (filled < n) {
+      const take = Math.min(n - filled, count - cursor);
+      ring.copy(out, filled * TASK_BYTES, cursor * TASK_BYTES, (cursor + take) * TASK_BYTES);
+      filled += take;
+      cursor = (cursor + take) % count;
+    }
+    return out;
+  };
+}
