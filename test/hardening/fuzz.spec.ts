@@ -19,6 +19,7 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { reencodePusher, reencodeServer } from '../unit/protocol/fixtures.js';
 import {
   CLIENT_HEADER_LENGTH,
   type ClientCmd,
@@ -28,8 +29,6 @@ import {
   PusherTaskStreamDecoder,
   SERVER_HEADER_LENGTH,
   ServerFrameStreamDecoder,
-  type ServerFrame,
-  type PusherTask,
   createClientFrame,
   decodeClientFrame,
   encodeCategory,
@@ -217,24 +216,7 @@ function reencodeClient(f: ClientFrame): Buffer {
   return encodeClientFrame({ appId: f.appId, cmd: f.cmd, uuid: f.source.subarray(f.uuidOffset, f.uuidOffset + 16), mask: f.mask });
 }
 
-function reencodeServer(f: ServerFrame): Buffer {
-  switch (f.cmd) {
-    case 0x00:
-      return encodeHeartbeatEcho(f.appId);
-    case 0x10:
-      return encodeNotice(f.appId);
-    case 0x11:
-      return encodeCategory(f.appId, f.mask);
-    case 0x20:
-      return encodeMessage(f.appId, f.content);
-    default:
-      throw new Error(`decoder yielded unknown server cmd ${String(f.cmd)}`);
-  }
-}
-
-function reencodePusher(t: PusherTask): Buffer {
-  return encodePusherTask({ appId: t.appId, cmd: t.cmd, uuid: Buffer.from(t.uuid, 'hex'), mask: t.mask, content: t.content });
-}
+// Server frames and pusher tasks: the protocol tests' re-encoders (test/unit/protocol/fixtures.ts).
 
 /** Collected in a plain array and compared once per case: cheaper than an expect() per frame. */
 function fail(msg: string): never {
