@@ -28,7 +28,7 @@ import { connect } from 'node:net';
 import { PAYLOAD_BYTES, ringReader, taskRing } from './lib/wire.mjs';
 
 const CONNECTIONS = 64;
-const WINDOW = 256;
+const WINDOW = Number(process.env.BENCH_WINDOW ?? 256);
 const CONTENT = PAYLOAD_BYTES;
 const UUIDS = 10_000;
 const TARGET_RATIO = 0.8;

@@ -5,18 +5,8 @@ import { PushConfigError } from '../errors/push-config.error.js';
 import { InvalidUuidError, isLowerUuidHex } from '../protocol/uuid.util.js';
 import { checkLmdbDataFile } from './lmdb-file.check.js';
 import { OfflineStoreOpenError, OfflineStoreUnavailableError } from './lmdb-errors.js';
-import {
-  cloneRecord,
-  decodeRecord,
-  decodeState,
-  type DeviceRecord,
-  emptyRecord,
-  encodeRecord,
-  encodeState,
-  isEmptyRecord,
-  recordContentBytes,
-  type StoredMessage,
-} from './lmdb-record.codec.js';
+import { encodeLogValue, readLogValue } from './lmdb-log.codec.js';
+import { decodeRecord, decodeState, type DeviceRecord, emptyRecord, encodeRecord, encodeState, recordContentBytes, type StoredMessage } from './lmdb-record.codec.js';
 import {
   type AckResult,
   OfflineStore,
@@ -77,22 +67,41 @@ export interface LmdbOfflineStoreOptions {
   /** Device records the sweep examines per period, at most (it walks the keys with a cursor). Default 1,000. */
   sweepBatch?: number;
   /**
-   * Device records kept decoded in memory after their commit (most recently written first), so the
-   * push -> ack cycle of a device does not read LMDB. 0 keeps only records whose commit is in flight.
-   * Default 100,000.
+   * Device records kept decoded in memory once their state is checkpointed (oldest cached dropped
+   * first), so the push -> ack cycle of a device does not read LMDB. Devices changed since the last
+   * checkpoint are always in memory, on top of this. 0 keeps only those. Default 100,000.
    */
   cacheSize?: number;
+  /**
+   * Every turn that changes devices appends one log value (the newest state of each device it
+   * changed) instead of rewriting one device record per device; a checkpoint writes the states of
+   * the devices changed since the previous one into their records and removes the log, in one
+   * transaction. Period of the checkpoint, in ms. A crash loses nothing either way: startup replays
+   * the log. Default 1,000.
+   */
+  checkpointIntervalMs?: number;
+  /**
+   * A checkpoint also runs as soon as this many devices changed since the previous one, or the log
+   * holds 64 MiB. It bounds the devices kept in memory beyond `cacheSize` and the log's size. Default 100,000.
+   */
+  checkpointDevices?: number;
 }
 
 type CommitPromise = Promise<boolean> & { flushed?: PromiseLike<unknown> };
 
 /** A device's newest state as this process knows it. */
 interface Entry {
-  /** The state; null: no record. */
-  rec: DeviceRecord | null;
+  id: string;
+  /** The 16 uuid bytes: the device record's key. */
   key: Buffer;
-  /** The batch that carries `rec` to LMDB (0: read from LMDB). Dirty while above the last committed batch. */
+  /** The state, changed in place by operations; null: no record. */
+  rec: DeviceRecord | null;
+  /** The last batch that changed it (0: read from LMDB). Pinned in memory while above the last checkpointed batch. */
   gen: number;
+  /** The checkpoint epoch whose list holds it. */
+  ck: number;
+  /** In `entries` (a record read without caching is not, until an operation changes it). */
+  live: boolean;
 }
 
 /**
@@ -102,15 +111,14 @@ interface Entry {
  */
 interface Batch {
   gen: number;
-  /** Entries changed in this batch, each once (its newest state is written at the end of the turn). */
-  dirty: [string, Entry][];
+  /** Entries changed in this batch, each once (their newest state is logged at the end of the turn). */
+  dirty: Entry[];
+  /** This batch's transaction is a checkpoint (it writes device records and removes the log). */
+  checkpoint: boolean;
   drops: StoreDrop[];
   /** Resolves when the batch's transaction is committed. */
   committed: Promise<void>;
-  /** Resolves when it is as durable as `durability` promises. */
-  durable: Promise<void>;
   settle: (err?: unknown) => void;
-  settleDurable: (err?: unknown) => void;
   /** `writeThen` callbacks and their results, in pairs: woken once (at `durability`), by `wake`. */
   writers: (WriteCallback | WriteResult)[];
   /** `ackThen` callbacks and their results, in pairs: woken once, at the commit. */
@@ -119,6 +127,8 @@ interface Batch {
 
 const STATE_KEY = 'state';
 const NO_DROPS: readonly StoreDrop[] = [];
+/** Log bytes that start a checkpoint early: bounds the log between checkpoints under heavy load. */
+const CHECKPOINT_LOG_BYTES = 64 * 1024 * 1024;
 /** Data directories opened by a store of this process. */
 const OPEN_PATHS = new Set<string>();
 const ANY_HEX = /^[0-9a-fA-F]{32}$/;
@@ -135,27 +145,37 @@ function positiveInt(option: string, v: unknown, fallback: number, min = 1): num
  *
  * Consistency. Every operation computes the device's new state synchronously
  * on the event loop (so operations on one device are serialised in call
- * order) and makes it the device's in-memory entry, which later operations
- * and reads consult first. lmdb-js commits every write queued in one event
- * turn in one transaction; at the end of the turn (its `beforecommit` hook)
- * the store writes each device changed in the turn once, with its newest
- * state, plus the store-wide state record (last version, bytes). So all
- * writes of a turn share one commit (group commit), however many writers
- * there are, and a crash always leaves the state record consistent with the
- * device records. A dirty entry (its commit in flight) is the truth until
- * that commit; committed entries stay as a cache of the most recently
- * written devices (`cacheSize`).
+ * order), in the device's in-memory entry, which later operations and reads
+ * consult first. lmdb-js commits every write queued in one event turn in one
+ * transaction; at the end of the turn (its `beforecommit` hook) the store
+ * appends one log value with the newest state of each device changed in the
+ * turn, plus the store-wide state record (last version, bytes). So all writes
+ * of a turn share one commit (group commit) and one LMDB put, however many
+ * writers and devices there are, and a crash always leaves the state record
+ * consistent with the log.
+ *
+ * Checkpoints. Rewriting a B-tree record per device per turn is what made the
+ * commit slow (and the callbacks waiting for it live long enough to tax the
+ * garbage collector), so device records are written only by a checkpoint:
+ * every `checkpointIntervalMs` (or after `checkpointDevices` changed devices)
+ * a turn's transaction writes the state of every device changed since the
+ * previous checkpoint into its record and removes the log instead of
+ * appending to it. A device changed many times between checkpoints is written
+ * once. Until its checkpoint commits, a changed device's entry is the truth
+ * and stays in memory; after it, entries are a cache (`cacheSize`).
+ *
+ * Restart. Startup (and recovery from a failed commit) first replays the log
+ * into the device records, in order, in one transaction. The state record
+ * holds the last version handed out and the content bytes held. The
+ * `VersionCounter` resumes after that version, so a new version never equals
+ * a stored one until the u32 wraps (random seeding would give every restart a
+ * small chance of colliding with a stored version, and an ack of the old one
+ * could clear the new one); the device count is LMDB's own entry count after
+ * the replay (O(1)), so `stats()` needs no scan.
  *
  * `write` resolves once its transaction is committed and, with
  * `durability: 'sync'`, flushed; acks and removals resolve at commit (a lost
  * ack only means a redelivery).
- *
- * Restart. The state record holds the last version handed out and the
- * content bytes held. The `VersionCounter` resumes after that version, so a
- * new version never equals a stored one until the u32 wraps (random seeding
- * would give every restart a small chance of colliding with a stored
- * version, and an ack of the old one could clear the new one); the device
- * count is LMDB's own entry count (O(1)), so `stats()` needs no scan.
  *
  * One process per data directory: the in-memory entries assume this process is the only writer.
  */
@@ -169,6 +189,8 @@ export class LmdbOfflineStore extends OfflineStore {
   readonly sweepIntervalMs: number;
   readonly sweepBatch: number;
   readonly cacheSize: number;
+  readonly checkpointIntervalMs: number;
+  readonly checkpointDevices: number;
   /** Messages kept per device: 1 for `latest`. */
   private readonly queueSize: number;
   /** Queue TTL in ms, 0 for `latest`. */
@@ -177,7 +199,8 @@ export class LmdbOfflineStore extends OfflineStore {
   private root: RootDatabase | undefined;
   private devices: Database<Buffer, Buffer> | undefined;
   private meta: Database<Buffer, string> | undefined;
-  /** Newest known state per device, most recently written last (Map order). */
+  private log: Database<Buffer, number> | undefined;
+  /** Newest known state per device: every device changed since the last checkpoint, plus a cache. */
   private readonly entries = new Map<string, Entry>();
   private versions = new VersionCounter();
   private lastVersion = 0;
@@ -186,18 +209,33 @@ export class LmdbOfflineStore extends OfflineStore {
   /** This event turn's batch, if anything was written in it. */
   private batch: Batch | undefined;
   private gen = 0;
-  /** Highest batch whose transaction is committed (batches commit in order). */
-  private committedGen = 0;
+  /** Highest batch whose checkpoint is committed: entries changed at or below it are clean cache. */
+  private checkpointedGen = 0;
+  /** Devices changed since the last checkpoint (each once per epoch), and that epoch. */
+  private ckList: Entry[] = [];
+  private ckEpoch = 1;
+  /** Log keys written since the last checkpoint, and their bytes. */
+  private logKeys: number[] = [];
+  private logBytes = 0;
+  private lastCheckpoint = 0;
+  /** The next batch is a checkpoint whatever its size. */
+  private checkpointWanted = false;
   /** Batches opened and not settled yet. */
   private inflight = 0;
   /** Set after a failed commit until in-flight batches settle and the store re-reads its numbers. */
   private failure: Error | null = null;
   private closing = false;
   private sweepTimer: NodeJS.Timeout | undefined;
+  private checkpointTimer: NodeJS.Timeout | undefined;
   private sweepCursor: Buffer | undefined;
+  /** Position of the sweep in `ckList` (devices not in a device record yet), and its epoch. */
+  private sweepCk = 0;
+  private sweepCkEpoch = 0;
   private idleWaiters: (() => void)[] = [];
   /** LMDB transactions committed since open (group commit keeps it far below the number of writes). */
   commits = 0;
+  /** Checkpoints committed since open. */
+  checkpoints = 0;
 
   constructor(options: LmdbOfflineStoreOptions = {}) {
     super();
@@ -214,6 +252,8 @@ export class LmdbOfflineStore extends OfflineStore {
     this.sweepIntervalMs = positiveInt('store.sweepIntervalMs', options.sweepIntervalMs, 1_000);
     this.sweepBatch = positiveInt('store.sweepBatch', options.sweepBatch, 1_000);
     this.cacheSize = positiveInt('store.cacheSize', options.cacheSize, 100_000, 0);
+    this.checkpointIntervalMs = positiveInt('store.checkpointIntervalMs', options.checkpointIntervalMs, 1_000);
+    this.checkpointDevices = positiveInt('store.checkpointDevices', options.checkpointDevices, 100_000);
     const retention = options.messageRetention ?? 'latest';
     if (retention === 'latest') {
       this.queueSize = 1;
@@ -235,9 +275,10 @@ export class LmdbOfflineStore extends OfflineStore {
   // -------------------------------------------------------------- lifecycle
 
   /**
-   * Creates the directory, checks the data file, opens LMDB, reloads the
-   * store-wide numbers and starts the expiry sweep. Throws
-   * `OfflineStoreOpenError` (naming the directory) when it cannot.
+   * Creates the directory, checks the data file, opens LMDB, replays the log
+   * of an unclean stop, reloads the store-wide numbers and starts the expiry
+   * sweep and the checkpoints. Throws `OfflineStoreOpenError` (naming the
+   * directory) when it cannot.
    */
   override async open(): Promise<void> {
     if (this.root) return;
@@ -265,6 +306,8 @@ export class LmdbOfflineStore extends OfflineStore {
     try {
       const devices = root.openDB<Buffer, Buffer>({ name: 'devices', keyEncoding: 'binary', encoding: 'binary' });
       const meta = root.openDB<Buffer, string>({ name: 'meta', encoding: 'binary' });
+      const log = root.openDB<Buffer, number>({ name: 'log', encoding: 'binary' });
+      replayLog(root, devices, log);
       const stateBuf = meta.getBinary(STATE_KEY);
       const records = (devices.getStats() as { entryCount: number }).entryCount;
       if (stateBuf) {
@@ -284,6 +327,7 @@ export class LmdbOfflineStore extends OfflineStore {
       this.deviceCount = records;
       this.devices = devices;
       this.meta = meta;
+      this.log = log;
     } catch (err) {
       await root.close().catch(noop);
       throw classifyOpenError(dir, err);
@@ -294,17 +338,24 @@ export class LmdbOfflineStore extends OfflineStore {
     root.on('beforecommit', () => this.closeBatch());
     this.closing = false;
     this.failure = null;
+    this.lastCheckpoint = Date.now();
     this.sweepTimer = setInterval(() => this.sweepTick(), this.sweepIntervalMs);
     this.sweepTimer.unref();
+    this.checkpointTimer = setInterval(() => this.checkpointTick(), Math.max(1, Math.floor(this.checkpointIntervalMs / 2)));
+    this.checkpointTimer.unref();
   }
 
-  /** Stops the sweep, waits for every queued write to be committed and flushed, and closes LMDB. */
+  /** Stops the timers, checkpoints, waits for every queued write to be committed and flushed, and closes LMDB. */
   override async close(): Promise<void> {
     const root = this.root;
     if (!root || this.closing) return;
-    this.closing = true;
     if (this.sweepTimer) clearInterval(this.sweepTimer);
+    if (this.checkpointTimer) clearInterval(this.checkpointTimer);
     this.sweepTimer = undefined;
+    this.checkpointTimer = undefined;
+    // A clean stop leaves no log to replay.
+    if (this.failure === null && (this.ckList.length > 0 || this.logKeys.length > 0)) this.requestCheckpoint();
+    this.closing = true;
     if (this.inflight > 0) await new Promise<void>((r) => this.idleWaiters.push(r));
     await root.flushed;
     await root.close();
@@ -312,7 +363,10 @@ export class LmdbOfflineStore extends OfflineStore {
     this.root = undefined;
     this.devices = undefined;
     this.meta = undefined;
+    this.log = undefined;
     this.entries.clear();
+    this.ckList = [];
+    this.logKeys = [];
   }
 
   // ------------------------------------------------------------ operations
@@ -325,25 +379,44 @@ export class LmdbOfflineStore extends OfflineStore {
   /** Writers wait for their batch's commit (and, with `sync`, its flush); one loop wakes them all. */
   override writeThen(uuid: string, push: PendingWrite, done: WriteCallback): void {
     try {
-      const id = this.idOf(uuid);
       this.checkWritable();
+      const e = this.lookup(uuid, true);
+      const id = e.id;
       const now = Date.now();
-      const [before, key] = this.current(id);
-      const rec = before ? cloneRecord(before) : emptyRecord(now);
-      const drops = this.purgeExpired(id, rec, now);
+      const before = e.rec;
+      const bytesBefore = before ? recordContentBytes(before) : 0;
+      if (!before && this.deviceCount >= this.maxDevices) throw new OfflineStoreFullError('maxDevices', this.maxDevices);
+      // Every check comes before the first change: a refused write changes nothing.
+      let messages = before ? before.messages : EMPTY_MESSAGES;
+      let drops: StoreDrop[] | readonly StoreDrop[] = NO_DROPS;
+      if (this.queueMode && messages.length > 0) {
+        messages = messages.slice();
+        drops = this.purgeExpired(id, messages, now);
+      }
       let replaced = 0;
+      let bytesAfter = -1;
+      /** Latest-only: the pending message object, updated in place to the new one. */
+      let head: StoredMessage | undefined;
       if (push.kind === 'message') {
-        const excess = rec.messages.length - (this.queueSize - 1);
+        const excess = messages.length - (this.queueSize - 1);
+        let kept = 0;
+        for (let i = excess > 0 ? excess : 0; i < messages.length; i++) kept += messages[i]!.content.length;
+        bytesAfter = kept + push.content.length;
+        if (this.bytes - bytesBefore + bytesAfter > this.maxBytes) throw new OfflineStoreFullError('maxBytes', this.maxBytes);
         if (excess > 0) {
           // Latest-only, or a full queue: the oldest go; the first is this write's `replaced`.
-          const out = rec.messages.splice(0, excess);
-          replaced = out[0]!.version;
-          for (let i = 1; i < out.length; i++) drops.push(drop(id, out[i]!.version, 'replaced'));
+          replaced = messages[0]!.version;
+          if (excess === 1 && messages.length === 1) {
+            head = messages[0];
+          } else {
+            // Queue mode (or a queue left by a restart in queue mode): the oldest go, from a copy.
+            if (messages === before?.messages) messages = messages.slice();
+            const out = messages.splice(0, excess);
+            for (let i = 1; i < out.length; i++) (drops === NO_DROPS ? (drops = []) : (drops as StoredDropList)).push(drop(id, out[i]!.version, 'replaced'));
+          }
         }
-        const delta = recordContentBytes(rec) + push.content.length - (before ? recordContentBytes(before) : 0);
-        if (this.bytes + delta > this.maxBytes) throw new OfflineStoreFullError('maxBytes', this.maxBytes);
       }
-      if (!before && this.deviceCount >= this.maxDevices) throw new OfflineStoreFullError('maxDevices', this.maxDevices);
+      const rec = before ?? emptyRecord(now);
       const version = this.nextVersion();
       rec.touched = now;
       let result: WriteResult;
@@ -357,13 +430,26 @@ export class LmdbOfflineStore extends OfflineStore {
           rec.categoryVersion = version;
           result = { kind: 'category', version, replaced: 0, mask: rec.category, head: true };
           break;
-        case 'message':
-          // Kept decoded in the entry cache after the commit: a buffer of its own.
-          rec.messages.push({ version, expiresAt: this.queueMode ? now + this.queueTtlMs : 0, content: ownBuffer(push.content) });
+        case 'message': {
+          // Kept decoded in memory after the commit: a buffer of its own.
+          const content = ownBuffer(push.content);
+          const expiresAt = this.queueMode ? now + this.queueTtlMs : 0;
+          if (head) {
+            head.version = version;
+            head.expiresAt = expiresAt;
+            head.content = content;
+          } else {
+            if (messages === EMPTY_MESSAGES) messages = [];
+            messages.push({ version, expiresAt, content });
+            rec.messages = messages;
+          }
           result = { kind: 'message', version, replaced, head: rec.messages.length === 1 };
           break;
+        }
       }
-      this.apply(id, key, before, rec, drops).writers.push(done, result);
+      if (messages !== EMPTY_MESSAGES && messages !== rec.messages) rec.messages = messages;
+      e.rec = rec;
+      this.changed(e, before !== null, bytesBefore, drops, bytesAfter).writers.push(done, result);
     } catch (err) {
       done(asError(err), null);
     }
@@ -371,17 +457,14 @@ export class LmdbOfflineStore extends OfflineStore {
 
   read(uuid: string): Promise<PendingState | null> {
     try {
-      const id = this.idOf(uuid);
-      const [before, key] = this.current(id);
-      if (!before) return Promise.resolve(null);
+      const e = this.lookup(uuid, this.cacheSize > 0);
+      const rec = e.rec;
+      if (!rec) return Promise.resolve(null);
       const now = Date.now();
-      if (!this.hasExpired(before, now) || !this.canWrite()) return Promise.resolve(stateOf(before));
+      if (!this.hasExpired(rec, now) || !this.canWrite()) return Promise.resolve(stateOf(rec));
       // Lazy expiry: a message whose queue TTL passed is dropped, never sent.
-      const rec = cloneRecord(before);
-      const drops = this.purgeExpired(id, rec, now);
-      const after = orNull(rec);
-      this.apply(id, key, before, after, drops);
-      return Promise.resolve(after ? stateOf(after) : null);
+      this.expire(e, now);
+      return Promise.resolve(e.rec ? stateOf(e.rec) : null);
     } catch (err) {
       return Promise.reject(err);
     }
@@ -394,31 +477,34 @@ export class LmdbOfflineStore extends OfflineStore {
   /** Acks that change a record wait for their batch's commit; one loop wakes them all. */
   override ackThen(uuid: string, kind: 'notice' | 'message', version: number, done: AckCallback): void {
     try {
-      const id = this.idOf(uuid);
-      const [before, key] = this.current(id);
+      const e = this.lookup(uuid, this.cacheSize > 0);
+      const rec = e.rec;
       if (kind === 'notice') {
-        if (!before || before.notice === 0) return done(null, NOT_PENDING);
-        if (before.notice !== version) return done(null, OTHER_PENDING);
+        if (!rec || rec.notice === 0) return done(null, NOT_PENDING);
+        if (rec.notice !== version) return done(null, OTHER_PENDING);
         this.checkWritable();
-        const rec = cloneRecord(before);
+        const bytesBefore = recordContentBytes(rec);
         rec.notice = 0;
-        this.apply(id, key, before, orNull(rec), NO_DROPS).ackers.push(done, CLEARED);
+        this.settleRecord(e);
+        this.changed(e, true, bytesBefore, NO_DROPS).ackers.push(done, CLEARED);
         return;
       }
-      if (!before || before.messages.length === 0) return done(null, NOT_PENDING);
+      if (!rec || rec.messages.length === 0) return done(null, NOT_PENDING);
       // An acked head was delivered, even if its TTL passed meanwhile: match it before expiring anything.
-      if (before.messages[0]!.version !== version) {
-        this.read(id).then(
+      if (rec.messages[0]!.version !== version) {
+        this.read(e.id).then(
           (s) => done(null, s !== null && s.messageVersion !== 0 ? OTHER_PENDING : NOT_PENDING),
           (err: unknown) => done(asError(err), null),
         );
         return;
       }
       this.checkWritable();
-      const rec = cloneRecord(before);
-      rec.messages.shift();
-      const drops = this.purgeExpired(id, rec, Date.now());
-      this.apply(id, key, before, orNull(rec), drops).ackers.push(done, rec.messages.length > 0 ? CLEARED_MORE : CLEARED);
+      const bytesBefore = recordContentBytes(rec);
+      const messages = rec.messages.slice(1);
+      const drops = this.queueMode ? this.purgeExpired(e.id, messages, Date.now()) : NO_DROPS;
+      rec.messages = messages;
+      this.settleRecord(e);
+      this.changed(e, true, bytesBefore, drops).ackers.push(done, messages.length > 0 ? CLEARED_MORE : CLEARED);
     } catch (err) {
       done(asError(err), null);
     }
@@ -426,16 +512,17 @@ export class LmdbOfflineStore extends OfflineStore {
 
   ackCategory(uuid: string, mask: bigint): Promise<bigint> {
     try {
-      const id = this.idOf(uuid);
-      const [before, key] = this.current(id);
-      if (!before) return Promise.resolve(0n);
-      const remaining = BigInt.asUintN(64, before.category & ~BigInt.asUintN(64, mask));
-      if (remaining === before.category) return Promise.resolve(remaining);
+      const e = this.lookup(uuid, this.cacheSize > 0);
+      const rec = e.rec;
+      if (!rec) return Promise.resolve(0n);
+      const remaining = BigInt.asUintN(64, rec.category & ~BigInt.asUintN(64, mask));
+      if (remaining === rec.category) return Promise.resolve(remaining);
       this.checkWritable();
-      const rec = cloneRecord(before);
+      const bytesBefore = recordContentBytes(rec);
       rec.category = remaining;
       if (remaining === 0n) rec.categoryVersion = 0;
-      return this.apply(id, key, before, orNull(rec), NO_DROPS).committed.then(() => remaining);
+      this.settleRecord(e);
+      return this.changed(e, true, bytesBefore, NO_DROPS).committed.then(() => remaining);
     } catch (err) {
       return Promise.reject(err);
     }
@@ -447,11 +534,13 @@ export class LmdbOfflineStore extends OfflineStore {
 
   remove(uuid: string): Promise<void> {
     try {
-      const id = this.idOf(uuid);
-      const [before, key] = this.current(id);
-      if (!before) return Promise.resolve();
+      const e = this.lookup(uuid, this.cacheSize > 0);
+      const rec = e.rec;
+      if (!rec) return Promise.resolve();
       this.checkWritable();
-      return this.apply(id, key, before, null, NO_DROPS).committed;
+      const bytesBefore = recordContentBytes(rec);
+      e.rec = null;
+      return this.changed(e, true, bytesBefore, NO_DROPS).committed;
     } catch (err) {
       return Promise.reject(err);
     }
@@ -461,14 +550,29 @@ export class LmdbOfflineStore extends OfflineStore {
     return { devices: this.deviceCount, bytes: this.bytes, maxDevices: this.maxDevices, maxBytes: this.maxBytes };
   }
 
+  /**
+   * Writes every device changed since the last checkpoint into its record and
+   * removes the log, in this turn's transaction; resolves when it is
+   * committed. Runs on its own every `checkpointIntervalMs`.
+   */
+  checkpoint(): Promise<void> {
+    try {
+      this.checkWritable();
+      return this.requestCheckpoint().committed;
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
   // ----------------------------------------------------------------- sweep
 
   /**
    * One step of the expiry sweep: examines at most `budget` device records
    * from the sweep cursor (an LMDB key range; it wraps at the end of the
-   * keys), removes those not written for `ttlMs` and, in queue mode, the
-   * queued messages whose TTL passed. Every message removed is reported on
-   * `drops` as `expired`. Returns how many device records were removed.
+   * keys), and at most `budget` devices changed since the last checkpoint
+   * (not all in a record yet); removes those not written for `ttlMs` and, in
+   * queue mode, the queued messages whose TTL passed. Every message removed
+   * is reported on `drops` as `expired`. Returns how many devices were removed.
    */
   sweep(now = Date.now(), budget = this.sweepBatch): number {
     const devices = this.devices;
@@ -476,36 +580,46 @@ export class LmdbOfflineStore extends OfflineStore {
     const start = this.sweepCursor;
     let seen = 0;
     let last: Buffer | undefined;
-    const due: string[] = [];
+    const due: Entry[] = [];
     for (const { key, value } of devices.getRange(start ? { start, exclusiveStart: true, limit: budget } : { limit: budget })) {
       seen++;
       last = Buffer.from(key);
       const id = last.toString('hex');
       const e = this.entries.get(id);
-      let rec: DeviceRecord | null;
+      if (e) {
+        if (e.ck !== this.ckEpoch && this.isDue(e.rec, now)) due.push(e);
+        continue; // changed since the checkpoint: examined in the list below
+      }
+      let rec: DeviceRecord;
       try {
-        rec = e ? e.rec : decodeRecord(value);
+        rec = decodeRecord(value);
       } catch {
         continue; // left alone: operations on it report the damage
       }
-      if (rec && (now - rec.touched >= this.ttlMs || this.hasExpired(rec, now))) due.push(id);
+      if (this.isDue(rec, now)) due.push({ id, key: last, rec, gen: 0, ck: 0, live: false });
     }
     this.sweepCursor = seen < budget ? undefined : last;
+    if (this.sweepCkEpoch !== this.ckEpoch) {
+      this.sweepCkEpoch = this.ckEpoch;
+      this.sweepCk = 0;
+    }
+    const list = this.ckList;
+    const end = Math.min(list.length, this.sweepCk + budget);
+    for (let i = this.sweepCk; i < end; i++) if (this.isDue(list[i]!.rec, now)) due.push(list[i]!);
+    this.sweepCk = end >= list.length ? 0 : end;
     let removed = 0;
-    for (const id of due) {
-      const [before, key] = this.current(id, false);
-      if (!before) continue;
-      if (now - before.touched >= this.ttlMs) {
-        this.apply(id, key, before, null, before.messages.map((m) => drop(id, m.version, 'expired')));
+    for (const e of due) {
+      const rec = e.rec;
+      if (!rec || !this.isDue(rec, now)) continue; // already handled (listed twice)
+      if (now - rec.touched >= this.ttlMs) {
+        const drops = rec.messages.map((m) => drop(e.id, m.version, 'expired'));
+        const bytesBefore = recordContentBytes(rec);
+        e.rec = null;
+        this.changed(e, true, bytesBefore, drops);
         removed++;
         continue;
       }
-      const rec = cloneRecord(before);
-      const drops = this.purgeExpired(id, rec, now);
-      if (drops.length === 0) continue;
-      const after = orNull(rec);
-      if (!after) removed++;
-      this.apply(id, key, before, after, drops);
+      if (this.expire(e, now) && !e.rec) removed++;
     }
     return removed;
   }
@@ -515,6 +629,17 @@ export class LmdbOfflineStore extends OfflineStore {
       this.sweep(Date.now(), this.sweepBatch);
     } catch {
       // A read error is retried next tick; operations report their own errors.
+    }
+  }
+
+  private checkpointTick(): void {
+    if (!this.canWrite() || this.batch) return; // an open batch checks for itself when it closes
+    if (this.ckList.length === 0 && this.logKeys.length === 0) return;
+    if (Date.now() - this.lastCheckpoint < this.checkpointIntervalMs) return;
+    try {
+      this.requestCheckpoint();
+    } catch {
+      // Retried next tick.
     }
   }
 
@@ -540,31 +665,39 @@ export class LmdbOfflineStore extends OfflineStore {
     }
   }
 
+  /** The device's entry by a caller's uuid: a hit needs no validation (only valid ids are in memory). */
+  private lookup(uuid: string, cache: boolean): Entry {
+    return this.entries.get(uuid) ?? this.entry(this.idOf(uuid), cache);
+  }
+
   /**
-   * The device's newest state (its entry, else LMDB) and its key. Never
-   * mutate the record. A record read from LMDB is cached unless `cache` is false.
+   * The device's entry: from memory, else read from LMDB (kept in memory
+   * when `cache`; an operation that changes it keeps it anyway).
    */
-  private current(id: string, cache = true): [DeviceRecord | null, Buffer] {
+  private entry(id: string, cache: boolean): Entry {
     const e = this.entries.get(id);
-    if (e) return [e.rec, e.key];
+    if (e) return e;
     const devices = this.devices;
     if (!devices) throw new OfflineStoreUnavailableError('LmdbOfflineStore is not open: call open() first (PushModule does it at startup)');
     const key = Buffer.from(id, 'hex');
     const b = devices.getBinaryFast(key);
-    const rec = b ? decodeRecord(b) : null;
-    if (cache && this.cacheSize > 0) {
-      this.entries.set(id, { rec, key, gen: 0 });
-      this.evict();
+    const fresh: Entry = { id, key, rec: b ? decodeRecord(b) : null, gen: 0, ck: 0, live: cache };
+    if (cache) {
+      this.entries.set(id, fresh);
+      // Past the cache and the pinned entries: have the next checkpoint trim it.
+      if (this.entries.size > this.cacheSize + this.ckList.length + 1024) this.checkpointWanted = true;
     }
-    return [rec, key];
+    return fresh;
   }
 
-  /** Drops the least recently written clean entries beyond `cacheSize` (dirty ones are the truth: they stay). */
+  /** Drops the oldest cached clean entries beyond `cacheSize` (entries changed since the checkpoint are the truth: they stay). */
   private evict(): void {
     let over = this.entries.size - this.cacheSize;
     if (over <= 0) return;
     for (const [id, e] of this.entries) {
-      if (over <= 0 || e.gen > this.committedGen) break;
+      if (over <= 0) break;
+      if (e.gen > this.checkpointedGen) continue;
+      e.live = false;
       this.entries.delete(id);
       over--;
     }
@@ -581,40 +714,66 @@ export class LmdbOfflineStore extends OfflineStore {
     return false;
   }
 
-  /** Removes the messages whose queue TTL passed from `rec` (a copy); returns their drops. */
-  private purgeExpired(id: string, rec: DeviceRecord, now: number): StoreDrop[] {
-    if (!this.hasExpired(rec, now)) return [];
-    const drops: StoreDrop[] = [];
-    const kept: StoredMessage[] = [];
-    for (const m of rec.messages) {
-      if (m.expiresAt > 0 && m.expiresAt <= now) drops.push(drop(id, m.version, 'expired'));
-      else kept.push(m);
+  private isDue(rec: DeviceRecord | null, now: number): boolean {
+    return rec !== null && (now - rec.touched >= this.ttlMs || this.hasExpired(rec, now));
+  }
+
+  /** Removes the messages whose queue TTL passed from `messages` (in place); returns their drops. */
+  private purgeExpired(id: string, messages: StoredMessage[], now: number): StoreDrop[] {
+    let drops: StoreDrop[] | undefined;
+    let w = 0;
+    for (let i = 0; i < messages.length; i++) {
+      const m = messages[i]!;
+      if (m.expiresAt > 0 && m.expiresAt <= now) (drops ??= []).push(drop(id, m.version, 'expired'));
+      else messages[w++] = m;
     }
-    rec.messages = kept;
-    return drops;
+    messages.length = w;
+    return drops ?? (NO_DROPS as StoreDrop[]);
+  }
+
+  /** Drops the device's expired queued messages; true when some were. */
+  private expire(e: Entry, now: number): boolean {
+    const rec = e.rec;
+    if (!rec || !this.hasExpired(rec, now)) return false;
+    const bytesBefore = recordContentBytes(rec);
+    const messages = rec.messages.slice();
+    const drops = this.purgeExpired(e.id, messages, now);
+    rec.messages = messages;
+    this.settleRecord(e);
+    this.changed(e, true, bytesBefore, drops);
+    return true;
+  }
+
+  /** A record with nothing pending is no record. */
+  private settleRecord(e: Entry): void {
+    const r = e.rec;
+    if (r && r.notice === 0 && r.category === 0n && r.messages.length === 0) e.rec = null;
   }
 
   /**
-   * Makes `after` the device's state (null: no record): its dirty entry in
-   * this turn's batch (written to LMDB once at the end of the turn, however
-   * often the device changed), and accounts for it. Returns the batch, whose
-   * promises say when it is committed / durable.
+   * The entry's state changed (in place): accounts for it and puts it in
+   * this turn's batch (logged once at the end of the turn, however often the
+   * device changed) and in the checkpoint list. Returns the batch, whose
+   * promise says when it is committed.
    */
-  private apply(id: string, key: Buffer, before: DeviceRecord | null, after: DeviceRecord | null, drops: readonly StoreDrop[]): Batch {
+  private changed(e: Entry, had: boolean, bytesBefore: number, drops: readonly StoreDrop[], bytesAfter = -1): Batch {
     const b = this.batch ?? this.openBatch();
-    this.deviceCount += (after ? 1 : 0) - (before ? 1 : 0);
-    this.bytes += (after ? recordContentBytes(after) : 0) - (before ? recordContentBytes(before) : 0);
-    const old = this.entries.get(id);
-    if (old && old.gen === b.gen) {
-      old.rec = after;
-    } else {
-      const e: Entry = { rec: after, key, gen: b.gen };
-      b.dirty.push([id, e]);
-      // Most recently written last (eviction order): delete, then set.
-      if (old) this.entries.delete(id);
-      this.entries.set(id, e);
+    const rec = e.rec;
+    this.deviceCount += (rec ? 1 : 0) - (had ? 1 : 0);
+    this.bytes += (bytesAfter >= 0 ? bytesAfter : rec ? recordContentBytes(rec) : 0) - bytesBefore;
+    if (!e.live) {
+      e.live = true;
+      this.entries.set(e.id, e);
     }
-    for (const d of drops) b.drops.push(d);
+    if (e.gen !== b.gen) {
+      e.gen = b.gen;
+      b.dirty.push(e);
+    }
+    if (e.ck !== this.ckEpoch) {
+      e.ck = this.ckEpoch;
+      this.ckList.push(e);
+    }
+    for (let i = 0; i < drops.length; i++) b.drops.push(drops[i]!);
     return b;
   }
 
@@ -624,36 +783,64 @@ export class LmdbOfflineStore extends OfflineStore {
     // Opens lmdb-js's batch for this event turn (its content is rewritten at the end of the turn).
     meta.put(STATE_KEY, encodeState({ lastVersion: this.lastVersion, bytes: this.bytes })).catch(noop);
     let settle!: (err?: unknown) => void;
-    let settleDurable!: (err?: unknown) => void;
     const committed = new Promise<void>((resolve, reject) => (settle = (err) => (err === undefined ? resolve() : reject(err))));
-    const durable = new Promise<void>((resolve, reject) => (settleDurable = (err) => (err === undefined ? resolve() : reject(err))));
-    // Operations attach to one or the other; neither may surface as an unhandled rejection.
+    // Operations may attach to it or not; it must never surface as an unhandled rejection.
     committed.catch(noop);
-    durable.catch(noop);
-    const b: Batch = { gen: ++this.gen, dirty: [], drops: [], committed, durable, settle, settleDurable, writers: [], ackers: [] };
+    const b: Batch = { gen: ++this.gen, dirty: [], checkpoint: false, drops: [], committed, settle, writers: [], ackers: [] };
     this.batch = b;
     this.inflight++;
     return b;
   }
 
+  /** Makes this turn's batch (opened if need be) a checkpoint. */
+  private requestCheckpoint(): Batch {
+    this.checkpointWanted = true;
+    return this.batch ?? this.openBatch();
+  }
+
   /**
    * lmdb-js `beforecommit` hook: the turn's writes are about to be committed
-   * as one transaction. Every device changed in the turn is written with its
-   * newest state, then the store-wide state record, all in that transaction
-   * (so the state record always matches the device records); the batch then
+   * as one transaction. Appends one log value with the newest state of every
+   * device changed in the turn, or, when a checkpoint is due, writes every
+   * device changed since the last checkpoint into its record and removes the
+   * log; then the store-wide state record, all in that transaction (so the
+   * state record always matches the log and the records). The batch then
    * follows its commit.
    */
   private closeBatch(): void {
     const b = this.batch;
     const devices = this.devices;
     const meta = this.meta;
-    if (!b || !devices || !meta) return;
+    const log = this.log;
+    if (!b || !devices || !meta || !log) return;
     this.batch = undefined;
     let p: CommitPromise;
     try {
-      for (const [, e] of b.dirty) {
-        if (e.rec) void devices.put(e.key, encodeRecord(e.rec));
-        else devices.remove(e.key).catch(noop);
+      const due =
+        this.checkpointWanted ||
+        this.ckList.length >= this.checkpointDevices ||
+        this.logBytes >= CHECKPOINT_LOG_BYTES ||
+        Date.now() - this.lastCheckpoint >= this.checkpointIntervalMs;
+      if (due) {
+        // The device records take the state of every device changed since the last checkpoint,
+        // this turn included, so the log (this turn's part too) is not needed any more.
+        for (const e of this.ckList) {
+          if (e.rec) void devices.put(e.key, encodeRecord(e.rec));
+          else devices.remove(e.key).catch(noop);
+        }
+        for (const k of this.logKeys) log.remove(k).catch(noop);
+        b.checkpoint = true;
+        this.ckList = [];
+        this.ckEpoch++;
+        this.logKeys = [];
+        this.logBytes = 0;
+        this.checkpointWanted = false;
+        this.lastCheckpoint = Date.now();
+      } else if (b.dirty.length > 0) {
+        const value = encodeLogValue(b.dirty);
+        void log.put(b.gen, value);
+        this.logKeys.push(b.gen);
+        this.logBytes += value.length;
       }
       // An unconditional put: it returns the commit promise of the whole transaction.
       p = meta.put(STATE_KEY, encodeState({ lastVersion: this.lastVersion, bytes: this.bytes })) as CommitPromise;
@@ -679,11 +866,14 @@ export class LmdbOfflineStore extends OfflineStore {
     );
   }
 
-  /** The batch's transaction committed (or failed): its entries become clean cache, waiters hear of it, drops are published. */
+  /** The batch's transaction committed (or failed): waiters hear of it, drops are published, a checkpoint frees the cache. */
   private committedBatch(b: Batch, err?: unknown): void {
     if (err === undefined) {
-      if (b.gen > this.committedGen) this.committedGen = b.gen;
-      this.evict();
+      if (b.checkpoint) {
+        this.checkpoints++;
+        if (b.gen > this.checkpointedGen) this.checkpointedGen = b.gen;
+        this.evict();
+      }
       b.settle();
       this.wakeAckers(b, null);
       if (this.durability === 'async') this.wake(b, null);
@@ -695,7 +885,6 @@ export class LmdbOfflineStore extends OfflineStore {
       cause: err,
     });
     b.settle(wrapped);
-    b.settleDurable(wrapped);
     this.wakeAckers(b, wrapped);
     this.wake(b, wrapped);
   }
@@ -718,8 +907,6 @@ export class LmdbOfflineStore extends OfflineStore {
 
   /** The batch is durable (or failed); once nothing is in flight, wake `close()` and recover from a failure. */
   private settled(b: Batch, err?: unknown): void {
-    if (err === undefined) b.settleDurable();
-    else b.settleDurable(err);
     this.wake(b, err === undefined ? null : asError(err));
     if (--this.inflight > 0) return;
     if (this.failure) this.resync();
@@ -730,16 +917,24 @@ export class LmdbOfflineStore extends OfflineStore {
 
   /**
    * After a failed commit, once nothing is in flight: LMDB is the truth
-   * again, so the in-memory entries are dropped, the numbers re-read, and
-   * writes accepted again.
+   * again, so the log is replayed into the device records, the in-memory
+   * entries are dropped, the numbers re-read, and writes accepted again.
    */
   private resync(): void {
+    const root = this.root;
     const devices = this.devices;
     const meta = this.meta;
-    if (!devices || !meta) return;
+    const log = this.log;
+    if (!root || !devices || !meta || !log) return;
     try {
+      for (const e of this.entries.values()) e.live = false;
       this.entries.clear();
-      this.committedGen = this.gen;
+      this.ckList = [];
+      this.ckEpoch++;
+      this.logKeys = [];
+      this.logBytes = 0;
+      this.checkpointedGen = this.gen;
+      replayLog(root, devices, log);
       this.deviceCount = (devices.getStats() as { entryCount: number }).entryCount;
       const s = meta.getBinary(STATE_KEY);
       this.bytes = s ? decodeState(s).bytes : 0;
@@ -750,14 +945,37 @@ export class LmdbOfflineStore extends OfflineStore {
   }
 }
 
+/** Shared and never changed: every change site replaces it with an array of its own. */
+const EMPTY_MESSAGES: StoredMessage[] = [];
+type StoredDropList = StoreDrop[];
+
+/**
+ * Moves the states held by the log into the device records, oldest log value
+ * first, and removes the log: one synchronous transaction, so a crash during
+ * the replay leaves the log to replay again.
+ */
+function replayLog(root: RootDatabase, devices: Database<Buffer, Buffer>, log: Database<Buffer, number>): void {
+  const keys: number[] = [];
+  for (const k of log.getKeys({})) keys.push(k as number);
+  if (keys.length === 0) return;
+  root.transactionSync(() => {
+    for (const k of keys) {
+      const value = log.getBinary(k);
+      if (value) {
+        readLogValue(value, (key, record) => {
+          if (record) devices.putSync(Buffer.from(key), Buffer.from(record));
+          else devices.removeSync(Buffer.from(key));
+        });
+      }
+      log.removeSync(k);
+    }
+  });
+}
+
 function noop(): void {}
 
 function drop(uuid: string, version: number, reason: StoreDrop['reason']): StoreDrop {
   return { uuid, kind: 'message', version, reason };
-}
-
-function orNull(rec: DeviceRecord): DeviceRecord | null {
-  return isEmptyRecord(rec) ? null : rec;
 }
 
 /** Calls `(callback, result)` pairs back, with `err` instead of the results when set. */

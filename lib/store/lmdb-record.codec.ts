@@ -52,11 +52,6 @@ export function emptyRecord(now: number): DeviceRecord {
   return { notice: 0, category: 0n, categoryVersion: 0, messages: [], touched: now };
 }
 
-/** A shallow copy that can be changed without touching `r` (contents are immutable buffers). */
-export function cloneRecord(r: DeviceRecord): DeviceRecord {
-  return { notice: r.notice, category: r.category, categoryVersion: r.categoryVersion, messages: r.messages.slice(), touched: r.touched };
-}
-
 export function isEmptyRecord(r: DeviceRecord): boolean {
   return r.notice === 0 && r.category === 0n && r.messages.length === 0;
 }
@@ -68,19 +63,30 @@ export function recordContentBytes(r: DeviceRecord): number {
   return n;
 }
 
-export function encodeRecord(r: DeviceRecord): Buffer {
+/** Encoded size of a record, in bytes. */
+export function recordSize(r: DeviceRecord): number {
   let size = HEADER;
   for (const m of r.messages) size += PER_MESSAGE + m.content.length;
+  return size;
+}
+
+export function encodeRecord(r: DeviceRecord): Buffer {
   // A fresh buffer per record: lmdb-js keeps a pointer to it until the commit.
-  const b = Buffer.allocUnsafe(size);
-  b[0] = RECORD_FORMAT;
-  b[1] = 0;
-  b.writeUInt32BE(r.notice, 2);
-  b.writeUInt32BE(r.categoryVersion, 6);
-  b.writeBigUInt64BE(BigInt.asUintN(64, r.category), 10);
-  b.writeDoubleBE(r.touched, 18);
-  b.writeUInt16BE(r.messages.length, 26);
-  let o = HEADER;
+  const b = Buffer.allocUnsafe(recordSize(r));
+  encodeRecordInto(r, b, 0);
+  return b;
+}
+
+/** Writes `r` at `o` in `b` (which has `recordSize(r)` bytes there); returns the offset after it. */
+export function encodeRecordInto(r: DeviceRecord, b: Buffer, o: number): number {
+  b[o] = RECORD_FORMAT;
+  b[o + 1] = 0;
+  b.writeUInt32BE(r.notice, o + 2);
+  b.writeUInt32BE(r.categoryVersion, o + 6);
+  b.writeBigUInt64BE(BigInt.asUintN(64, r.category), o + 10);
+  b.writeDoubleBE(r.touched, o + 18);
+  b.writeUInt16BE(r.messages.length, o + 26);
+  o += HEADER;
   for (const m of r.messages) {
     b.writeUInt32BE(m.version, o);
     b.writeDoubleBE(m.expiresAt, o + 4);
@@ -88,7 +94,7 @@ export function encodeRecord(r: DeviceRecord): Buffer {
     m.content.copy(b, o + PER_MESSAGE);
     o += PER_MESSAGE + m.content.length;
   }
-  return b;
+  return o;
 }
 
 /**

@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
@@ -363,33 +363,121 @@ describe('LmdbOfflineStore', () => {
   });
 
   describe('record cache', () => {
-    it('keeps at most cacheSize committed records in memory; the rest is read from LMDB', async () => {
+    it('keeps at most cacheSize checkpointed records in memory; the rest is read from LMDB', async () => {
       const s = await open({ cacheSize: 10 });
       const ids = Array.from({ length: 100 }, uuid);
       await Promise.all(ids.map((u, i) => s.write(u, msg(`m${i}`))));
-      await s.write(uuid(), { kind: 'notice' }); // one more commit: eviction runs after each
       const entries = (s as unknown as { entries: Map<string, unknown> }).entries;
+      // Changed since the last checkpoint: in memory (the log holds them, not the device records).
+      expect(entries.size).toBe(100);
+      await s.checkpoint();
       expect(entries.size).toBeLessThanOrEqual(10);
       for (const [i, u] of ids.entries()) expect((await s.read(u))?.message?.toString()).toBe(`m${i}`);
-      expect(entries.size).toBeLessThanOrEqual(10);
+      expect(entries.size).toBeLessThanOrEqual(10 + 1024);
     });
+  });
 
-    it('a device changed many times in one turn is written once', async () => {
-      const s = await open();
-      const u = uuid();
-      const devices = (s as unknown as { devices: { put: (key: Buffer, value: Buffer) => Promise<boolean> } }).devices;
+  describe('log and checkpoints', () => {
+    type Internals = {
+      devices: { put: (key: Buffer, value: Buffer) => Promise<boolean>; getBinary: (key: Buffer) => Buffer | undefined };
+      log: { put: (key: number, value: Buffer) => Promise<boolean>; getKeys: (o: object) => Iterable<number> };
+    };
+    const internals = (s: LmdbOfflineStore) => s as unknown as Internals;
+
+    it('a turn appends one log value, however many devices it changed; a checkpoint writes each device once and empties the log', async () => {
+      const s = await open({ checkpointIntervalMs: 3_600_000 });
+      const { devices, log } = internals(s);
       const put = devices.put.bind(devices);
-      let puts = 0;
+      const logPut = log.put.bind(log);
+      const puts: string[] = [];
+      let logPuts = 0;
       devices.put = (key, value) => {
-        if (key.toString('hex') === u) puts++;
+        puts.push(key.toString('hex'));
         return put(key, value);
       };
-      const results = await Promise.all(Array.from({ length: 50 }, (_, i) => s.write(u, msg(`v${i}`))));
+      log.put = (key, value) => {
+        logPuts++;
+        return logPut(key, value);
+      };
+      const u = uuid();
+      const others = Array.from({ length: 20 }, uuid);
+      const results = await Promise.all([...Array.from({ length: 50 }, (_, i) => s.write(u, msg(`v${i}`))), ...others.map((o) => s.write(o, { kind: 'notice' }))]);
+      expect(logPuts).toBe(1);
+      expect(puts).toEqual([]);
+      expect(results[49]!.replaced).toBe(results[48]!.version);
+      for (let i = 0; i < 3; i++) await s.write(u, msg(`w${i}`));
+      expect(logPuts).toBe(4);
+      expect([...log.getKeys({})]).toHaveLength(4);
+      await s.checkpoint();
       devices.put = put;
-      expect(puts).toBe(1);
-      expect(results.at(-1)!.replaced).toBe(results.at(-2)!.version);
+      log.put = logPut;
+      // The device written 53 times over four turns gets one record write.
+      expect(puts.filter((k) => k === u)).toHaveLength(1);
+      expect(puts).toHaveLength(21);
+      expect([...log.getKeys({})]).toHaveLength(0);
+      expect(s.checkpoints).toBeGreaterThanOrEqual(1);
       const again = await reopen(s);
-      expect((await again.read(u))?.message?.toString()).toBe('v49');
+      expect((await again.read(u))?.message?.toString()).toBe('w2');
+    });
+
+    it('checkpoints on its own timer and after checkpointDevices changed devices', async () => {
+      const timed = await open({ checkpointIntervalMs: 30 });
+      await timed.write(uuid(), { kind: 'notice' });
+      await sleep(120);
+      expect(timed.checkpoints).toBeGreaterThanOrEqual(1);
+      expect([...internals(timed).log.getKeys({})]).toHaveLength(0);
+
+      const sized = await open({ checkpointIntervalMs: 3_600_000, checkpointDevices: 10 });
+      for (let i = 0; i < 9; i++) await sized.write(uuid(), { kind: 'notice' });
+      expect(sized.checkpoints).toBe(0);
+      await sized.write(uuid(), { kind: 'notice' });
+      await sized.write(uuid(), { kind: 'notice' });
+      expect(sized.checkpoints).toBe(1);
+    });
+
+    it('startup replays the log of a process that never checkpointed (state, removals, acks, versions)', async () => {
+      const dir = newDir();
+      const first = new LmdbOfflineStore({ path: dir, checkpointIntervalMs: 3_600_000 });
+      await first.open();
+      const [a, b, c] = [uuid(), uuid(), uuid()];
+      await first.write(a, msg('a1'));
+      await first.checkpoint(); // a's record exists; what follows is only in the log
+      const a2 = await first.write(a, msg('a2'));
+      await first.write(b, { kind: 'category', mask: 5n });
+      const cn = await first.write(c, { kind: 'notice' });
+      await first.ackNotice(c, cn.version);
+      await first.remove(b);
+      const logKeys = [...internals(first).log.getKeys({})];
+      expect(logKeys.length).toBeGreaterThanOrEqual(4);
+      // As after kill -9: the files as they are now (every commit done, no final checkpoint), opened elsewhere.
+      const copy = newDir();
+      cpSync(dir, copy, { recursive: true });
+      await first.close();
+
+      const second = new LmdbOfflineStore({ path: copy });
+      await second.open();
+      stores.push(second);
+      expect(await second.read(a)).toMatchObject({ messageVersion: a2.version });
+      expect((await second.read(a))?.message?.toString()).toBe('a2');
+      expect(await second.read(b)).toBeNull();
+      expect(await second.read(c)).toBeNull();
+      expect(second.stats()).toMatchObject({ devices: 1, bytes: 2 });
+      expect([...internals(second).log.getKeys({})]).toHaveLength(0);
+      expect((await second.write(a, msg('a3'))).version).toBeGreaterThan(a2.version);
+    });
+
+    it('a damaged log value fails startup with a clear error (not a crash, nothing silently dropped)', async () => {
+      const s = await open({ checkpointIntervalMs: 3_600_000 });
+      await s.write(uuid(), msg('x'));
+      const log = internals(s).log as unknown as { putSync: (k: number, v: Buffer) => boolean };
+      log.putSync(1_000_000, Buffer.from([1, 0, 0]));
+      const dir = s.path;
+      await s.close(); // the final checkpoint removes only the keys this store wrote
+      stores.splice(stores.indexOf(s), 1);
+      const again = new LmdbOfflineStore({ path: dir });
+      const err = await again.open().catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(OfflineStoreOpenError);
+      expect((err as Error).message).toMatch(/truncated/);
     });
   });
 

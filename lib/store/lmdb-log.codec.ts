@@ -1,0 +1,77 @@
+import { decodeRecord, type DeviceRecord, encodeRecordInto, RecordFormatError, recordSize } from './lmdb-record.codec.js';
+
+/**
+ * Log values of the LMDB offline store: one value per event turn that changed
+ * devices, holding the newest state of each device changed in that turn. The
+ * store appends one log value per turn instead of updating one B-tree record
+ * per device, and a periodic checkpoint moves the states into the device
+ * records (and removes the log values) in one transaction.
+ *
+ * Log value (format 1):
+ * ```
+ * 0  u8   format = 1
+ * then per device:
+ *    16   uuid bytes (the device record's key)
+ *    u32  record length; 0xFFFFFFFF: the device has no record (removed)
+ *    ...  the device record (see lmdb-record.codec.ts)
+ * ```
+ */
+export const LOG_FORMAT = 1;
+const REMOVED = 0xffffffff;
+const PER_DEVICE = 20;
+
+/** A device's newest state as a log value carries it. */
+export interface LogItem {
+  key: Buffer;
+  rec: DeviceRecord | null;
+}
+
+/** One log value holding the given states, in order (a later item for the same key wins on replay). */
+export function encodeLogValue(items: readonly LogItem[]): Buffer {
+  let size = 1;
+  for (const it of items) size += PER_DEVICE + (it.rec ? recordSize(it.rec) : 0);
+  // One buffer per turn, kept by lmdb-js until the commit.
+  const b = Buffer.allocUnsafe(size);
+  b[0] = LOG_FORMAT;
+  let o = 1;
+  for (const it of items) {
+    it.key.copy(b, o, 0, 16);
+    if (it.rec) {
+      const start = o + PER_DEVICE;
+      const end = encodeRecordInto(it.rec, b, start);
+      b.writeUInt32BE(end - start, o + 16);
+      o = end;
+    } else {
+      b.writeUInt32BE(REMOVED, o + 16);
+      o += PER_DEVICE;
+    }
+  }
+  return b;
+}
+
+/**
+ * Calls `visit` with each device state of a log value, in order: the 16-byte
+ * key (a view: copy it to keep it) and the record bytes (a view), or null when
+ * the device was removed. Throws `RecordFormatError` on a damaged value; every
+ * record is decoded once to check it.
+ */
+export function readLogValue(b: Uint8Array, visit: (key: Uint8Array, record: Uint8Array | null) => void): void {
+  if (b.length < 1 || b[0] !== LOG_FORMAT) throw new RecordFormatError(`log value of ${b.length} bytes with format byte ${b[0] ?? 'none'} (expected format ${LOG_FORMAT})`);
+  const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  let o = 1;
+  while (o < b.length) {
+    if (o + PER_DEVICE > b.length) throw new RecordFormatError(`log value truncated at byte ${o} of ${b.length}`);
+    const key = b.subarray(o, o + 16);
+    const len = v.getUint32(o + 16);
+    o += PER_DEVICE;
+    if (len === REMOVED) {
+      visit(key, null);
+      continue;
+    }
+    if (o + len > b.length) throw new RecordFormatError(`log value truncated in a record of ${len} bytes at byte ${o} of ${b.length}`);
+    const record = b.subarray(o, o + len);
+    decodeRecord(record);
+    visit(key, record);
+    o += len;
+  }
+}
