@@ -13,6 +13,7 @@
 //
 // Usage: npm run build && node bench/store.bench.mjs [--rounds 3] [--duration ms] [--strict] [--diagnose]
 //        [--max-pipelined N] (the pusher port's maxPipelined, default 256, for every scenario) [--only "lmdb sync"]
+// BENCH_WINDOW=N changes the tasks each connection keeps pipelined (default 256).
 // --strict exits 1 when the sync ratio is under the target. --diagnose adds
 // "memory, deferred": the memory store with every write of an event-loop turn
 // resolved together at its end (setImmediate), like a group commit that costs
