@@ -16,16 +16,28 @@ export interface ClusterDelivery {
  * A DI token: the Redis cluster wiring provides it; single-node apps have none.
  *
  * The dispatcher on the origin node stores a push in the shared store, asks
- * `locate` which live node holds the device, and `deliver`s to it. That node
- * transmits the pending push and forwards the device's `sent`/`ack` events for
- * it back to the origin, where they arrive on `events` and settle the
- * outcome exactly like local events. A node that dies mid-push simply never
+ * `locate` which live node holds the device (`locateKnown` when the store
+ * already read the device's route with the write), and `deliver`s to it.
+ * That node transmits the pending push and forwards the device's `sent`/`ack`
+ * events for it back to the origin, where they arrive on `events` and settle
+ * the outcome exactly like local events. A node that dies mid-push simply never
  * answers: the origin reports `timeout`, and the push stays pending in the
  * shared store for the device's next heartbeat on any node.
  */
 export abstract class PushCluster {
   /** The live node holding the device, when it is another node; null when local, unknown, or held by a dead node. */
   abstract locate(uuid: string): Promise<string | null>;
+  /**
+   * `locate` for a route already read: `node` is what the device's route
+   * names (`null`: no route), as the store read it with the write
+   * (`WriteResult.route`). The same liveness rules apply (this node, a dead
+   * node or no route: null), without looking the route up again. This
+   * default, for implementations written before it, ignores `node` and calls
+   * `locate(uuid)`.
+   */
+  locateKnown(uuid: string, _node: string | null): Promise<string | null> {
+    return this.locate(uuid);
+  }
   /** Asks `node` to transmit a stored push now. Fire and forget: the answer comes on `events`. */
   abstract deliver(node: string, delivery: ClusterDelivery): void;
   /** `sent`/`ack` events from other nodes for pushes this node delivered there. */

@@ -144,8 +144,14 @@ export class PushDispatcher implements PushSubmitter {
         return;
       }
       // Not held here: if a live peer holds it, that peer transmits it now.
+      const route = d!.route;
+      // The store read the route with the write: no route, or ours, is offline here without another look.
+      if (route === null || route === this.engine.nodeId) {
+        this.follow(d!, write, options, now, this.engine.nodeId, false, onOutcome);
+        return;
+      }
       const cluster = this.cluster;
-      cluster.locate(d!.uuid).then(
+      (route === undefined ? cluster.locate(d!.uuid) : cluster.locateKnown(d!.uuid, route)).then(
         (holder) => {
           if (holder) cluster.deliver(holder, { uuid: d!.uuid, kind: write.kind, version: d!.version, origin: this.engine.nodeId });
           this.follow(d!, write, options, now, holder ?? this.engine.nodeId, !!holder, onOutcome);

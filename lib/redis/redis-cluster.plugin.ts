@@ -68,8 +68,10 @@ function positive(name: string, v: unknown): void {
  * Pending pushes go to a `RedisOfflineStore`, routes to a `RedisPushRouter`,
  * and a `RedisPushCluster` links the node to its peers. One connection
  * carries the commands of all three; a second one (a duplicate) subscribes to
- * this node's gateway channel. ioredis is an optional peer dependency:
- * install it (`npm i ioredis`) to use this entry point.
+ * this node's gateway channel. Sharing the keys lets the store read the
+ * device's route in each write (`readRoutes`): a push costs one script, plus
+ * one PUBLISH when another node holds the device. ioredis is an optional peer
+ * dependency: install it (`npm i ioredis`) to use this entry point.
  */
 export function redisCluster(options: RedisClusterOptions = {}): RedisClusterPlugin {
   if (options === null || typeof options !== 'object') throw new PushConfigError('cluster', 'redisCluster() options must be an object');
@@ -99,12 +101,17 @@ export function redisCluster(options: RedisClusterOptions = {}): RedisClusterPlu
       return client;
     },
     createStore(nodeId: string) {
-      return new RedisOfflineStore({ redis: connection(), ownsClient: true, nodeId, keyPrefix, messageRetention: options.messageRetention, ttlMs: options.ttlMs });
+      // Store and router share the connection and prefix: each write reads the route too.
+      return new RedisOfflineStore({ redis: connection(), ownsClient: true, nodeId, keyPrefix, messageRetention: options.messageRetention, ttlMs: options.ttlMs, readRoutes: true });
     },
     createRouter(nodeId: string) {
       return new RedisPushRouter({ redis: connection(), nodeId, keyPrefix, routeTtlMs: options.routeTtlMs });
     },
     async createCluster(ctx: PushClusterContext) {
+      // A wrapping plugin may pair this store with another router: its routes are not in our keys then.
+      if (ctx.store instanceof RedisOfflineStore && !(ctx.router instanceof RedisPushRouter && ctx.router.keyPrefix === ctx.store.keyPrefix)) {
+        ctx.store.readRoutes = false;
+      }
       const cluster = new RedisPushCluster({
         redis: connection(),
         nodeId: ctx.nodeId,

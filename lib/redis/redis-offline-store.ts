@@ -41,6 +41,15 @@ export interface RedisOfflineStoreOptions {
   ttlMs?: number;
   /** How often `stats()`'s figures are refreshed from Redis (INFO). Default 5 s. */
   statsIntervalMs?: number;
+  /**
+   * Read the device's route (`<prefix>{<uuid>}:r`, as `RedisPushRouter`
+   * writes it) in each write's script and report its node as
+   * `WriteResult.route`, so the dispatcher needs no separate route lookup for
+   * a device held elsewhere. Only correct when the node's router is a
+   * `RedisPushRouter` on the same Redis and key prefix: the `redisCluster`
+   * plugin turns it on. Default false.
+   */
+  readRoutes?: boolean;
 }
 
 const KIND_CODE = { notice: 'n', category: 'c', message: 'm' } as const;
@@ -87,9 +96,18 @@ export interface RemoteReplacement {
  * as `Number.MAX_SAFE_INTEGER`), `devices` is the number of keys in the Redis
  * database (an upper bound: routes and other applications' keys count too),
  * refreshed every `statsIntervalMs`.
+ *
+ * With `readRoutes`, a write also reads the device's route in the same script
+ * and reports its node as `WriteResult.route` (null when none is stored).
  */
 export class RedisOfflineStore extends OfflineStore {
   readonly keyPrefix: string;
+  /**
+   * Writes report the device's route (see the `readRoutes` option). The
+   * `redisCluster` plugin turns it off again when the node's router turns out
+   * not to be a `RedisPushRouter` on this key prefix.
+   */
+  readRoutes: boolean;
   readonly retention: MessageRetention;
   readonly ttlMs: number;
   readonly nodeId: string;
@@ -111,6 +129,7 @@ export class RedisOfflineStore extends OfflineStore {
     this.retention = options.messageRetention ?? 'latest';
     this.ttlMs = options.ttlMs ?? 50 * 3600_000;
     this.statsIntervalMs = options.statsIntervalMs ?? 5000;
+    this.readRoutes = options.readRoutes ?? false;
     validateRetention(this.retention, 'messageRetention');
     if (!Number.isInteger(this.ttlMs) || this.ttlMs < 1) throw new PushConfigError('ttlMs', `expected an integer >= 1 (ms), got ${String(this.ttlMs)}`);
   }
@@ -147,24 +166,28 @@ export class RedisOfflineStore extends OfflineStore {
         args.push(Buffer.concat([header, origin, push.content]), r.queue);
       }
     }
+    const readRoute = this.readRoutes;
     let reply: (Buffer | string | number | null)[];
     try {
-      reply = await this.redis.npStoreWriteBuffer(this.key(uuid, 'p'), this.key(uuid, 'q'), code, version, now, this.ttlMs, ...args);
+      reply = readRoute
+        ? await this.redis.npStoreWriteRoutedBuffer(this.key(uuid, 'p'), this.key(uuid, 'q'), deviceKey(this.keyPrefix, uuid, 'r'), code, version, now, this.ttlMs, ...args)
+        : await this.redis.npStoreWriteBuffer(this.key(uuid, 'p'), this.key(uuid, 'q'), code, version, now, this.ttlMs, ...args);
     } catch (err) {
       if (isOutOfMemory(err)) throw new OfflineStoreFullError('maxBytes', this.cached.maxBytes);
       throw err;
     }
     const replaced = num(reply[0]);
     const head = num(reply[1]) === 1;
-    const expiredCount = num(reply[5]);
-    this.emitDrops(uuid, reply, 6, 6 + expiredCount, 'expired');
-    this.emitDrops(uuid, reply, 6 + expiredCount, reply.length, 'replaced');
+    const expiredCount = num(reply[6]);
+    this.emitDrops(uuid, reply, 7, 7 + expiredCount, 'expired');
+    this.emitDrops(uuid, reply, 7 + expiredCount, reply.length, 'replaced');
     if (replaced !== 0 && this.replacedElsewhere$.observed) {
       const origin = reply[4] == null ? '' : reply[4].toString();
       if (origin !== '' && origin !== this.nodeId) this.replacedElsewhere$.next({ uuid, version: replaced, origin });
     }
     const result: WriteResult = { kind: push.kind, version, replaced, head };
     if (push.kind === 'category') result.mask = (BigInt(num(reply[2])) << 32n) | BigInt(num(reply[3]));
+    if (readRoute) result.route = reply[5] == null ? null : reply[5].toString();
     return result;
   }
 

@@ -112,6 +112,9 @@ const MAX_FORWARD_TARGETS = 16;
  * - `remoteOnline`: asks each live peer, one batch at a time over pub/sub, for
  *   the devices reachable there (each answers from `engine.scanReachable`);
  *   the next batch is requested only when the caller has consumed the last.
+ * - Locating: a `RedisOfflineStore` with `readRoutes` reads the device's route
+ *   in its write script, so a push's `locateKnown` checks only the in-memory
+ *   registry; `locate` (one HGETALL) remains for stores that do not.
  * - Routes: re-announced every `routeRefreshMs` and whenever the command
  *   connection comes back after an outage (route changes that happened while
  *   Redis was down would otherwise be lost).
@@ -243,8 +246,12 @@ export class RedisPushCluster extends PushCluster {
 
   async locate(uuid: string): Promise<string | null> {
     const route = await this.router.lookup(uuid);
-    if (!route || route.node === this.nodeId) return null;
-    const node = route.node;
+    return this.locateKnown(uuid, route ? route.node : null);
+  }
+
+  /** Costs Redis nothing unless `node` is not in the registry as last read (see `recheck`). */
+  override async locateKnown(_uuid: string, node: string | null): Promise<string | null> {
+    if (node === null || node === this.nodeId) return null;
     if (!this.live.has(node) && !this.suspects.has(node)) await this.recheck(node);
     return this.live.has(node) ? node : null;
   }

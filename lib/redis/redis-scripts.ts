@@ -17,6 +17,8 @@ import type { Redis } from 'ioredis';
  *   `deadline` epoch ms (15 digits) + origin length (3 digits) + origin +
  *   content; the head is what is sent.
  * Cleared fields are deleted, so a drained device has no keys at all.
+ * `R` = `<prefix>{<uuid>}:r` is the device's route hash (`RedisPushRouter`);
+ * the route scripts write it, and the write script may read its `n` (node).
  */
 
 /** Drops expired entries from the head of the queue, appending their versions to `out`. */
@@ -33,12 +35,17 @@ end
 `;
 
 /**
- * KEYS: P, Q. ARGV: kind ('n'|'c'|'m'|'q'), version, now, ttlMs, then
+ * KEYS: P, Q, and optionally R (the device's route hash, same hash tag).
+ * ARGV: kind ('n'|'c'|'m'|'q'), version, now, ttlMs, then
  * c: maskHi, maskLo; m: content, origin; q: entry, capacity.
- * Returns { replaced, head, maskHi, maskLo, replacedOrigin, #expired, expired..., evicted... }.
+ * Returns { replaced, head, maskHi, maskLo, replacedOrigin, routeNode, #expired, expired..., evicted... };
+ * `routeNode` is R's node, nil when R is not given or holds no route. Reading
+ * it here saves a cross-node push its separate route lookup (a round trip).
  */
 const WRITE = `${EXPIRE_QUEUE}
 local P, Q = KEYS[1], KEYS[2]
+local route = false
+if KEYS[3] then route = redis.call('HGET', KEYS[3], 'n') end
 local kind, ver, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local replaced, head, hi, lo, origin = 0, 1, 0, 0, ''
 local expired, evicted = {}, {}
@@ -70,7 +77,7 @@ else
 end
 redis.call('PEXPIRE', P, ttl)
 redis.call('PEXPIRE', Q, ttl)
-local r = { replaced, head, hi, lo, origin, #expired }
+local r = { replaced, head, hi, lo, origin, route, #expired }
 for i = 1, #expired do r[#r + 1] = expired[i] end
 for i = 1, #evicted do r[#r + 1] = evicted[i] end
 return r
@@ -187,6 +194,8 @@ return live
 
 const SCRIPTS = {
   npStoreWrite: { lua: WRITE, numberOfKeys: 2 },
+  // The same script with the route key: one SHA, a fixed key count per command.
+  npStoreWriteRouted: { lua: WRITE, numberOfKeys: 3 },
   npStoreRead: { lua: READ, numberOfKeys: 2 },
   npStoreAckNotice: { lua: ACK_NOTICE, numberOfKeys: 1 },
   npStoreAckCategory: { lua: ACK_CATEGORY, numberOfKeys: 1 },
@@ -203,6 +212,7 @@ type Reply = (Buffer | string | number | null)[];
 /** The commands `defineScripts` adds to a client (the `...Buffer` forms return Buffers for bulk replies). */
 export interface NestPushScripts {
   npStoreWriteBuffer(p: string, q: string, ...argv: Arg[]): Promise<Reply>;
+  npStoreWriteRoutedBuffer(p: string, q: string, r: string, ...argv: Arg[]): Promise<Reply>;
   npStoreReadBuffer(p: string, q: string, ...argv: Arg[]): Promise<Reply>;
   npStoreAckNotice(p: string, ...argv: Arg[]): Promise<number[]>;
   npStoreAckCategory(p: string, ...argv: Arg[]): Promise<number[]>;

@@ -30,6 +30,14 @@ export interface WriteResult {
    * empty (queued messages go one at a time, each after the previous ack).
    */
   head: boolean;
+  /**
+   * The node the device's route names, read in the same atomic operation as
+   * the write. Set only by stores that share the cluster router's keys (the
+   * Redis store with `readRoutes`): `null` = no route stored (no node holds
+   * the device); `undefined` = the store does not know, and the dispatcher
+   * asks `PushCluster.locate` instead. Saves a cross-node push its route lookup.
+   */
+  route?: string | null;
 }
 
 /** Everything pending for one device. Versions are 0 when nothing of that kind is pending. */

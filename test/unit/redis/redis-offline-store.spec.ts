@@ -4,6 +4,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { PushConfigError } from '../../../lib/errors/push-config.error.js';
 import { createRedisClient } from '../../../lib/redis/redis-connection.js';
 import { RedisOfflineStore, type RedisOfflineStoreOptions } from '../../../lib/redis/redis-offline-store.js';
+import { RedisPushRouter } from '../../../lib/redis/redis-push-router.js';
 import { OfflineStoreFullError, type StoreDrop } from '../../../lib/store/offline-store.js';
 import { startRedis, type TestRedis } from '../../helpers/redis-server.js';
 
@@ -255,6 +256,63 @@ describe('RedisOfflineStore: the store contract on a real Redis', () => {
     expect(() => new RedisOfflineStore({ redis: c, messageRetention: { queue: 0, ttlMs: 1 } })).toThrow(PushConfigError);
     expect(() => new RedisOfflineStore({ redis: c, messageRetention: 'all' as never })).toThrow(PushConfigError);
     expect(() => new RedisOfflineStore({ redis: c, ttlMs: 0 })).toThrow(PushConfigError);
+  });
+});
+
+describe('RedisOfflineStore: readRoutes', () => {
+  const route = (u: string) => ({ uuid: u, node: 'node-B', transport: 'udp' as const, address: '127.0.0.1', port: 4000, lastSeen: Date.now() });
+
+  it('each write reports the node of the route RedisPushRouter wrote under the same prefix; null when none', async () => {
+    const prefix = `t${randomBytes(3).toString('hex')}:`;
+    const s = await store({ readRoutes: true, ttlMs: 60_000 }, prefix);
+    const router = new RedisPushRouter({ redis: client(), nodeId: 'node-B', keyPrefix: prefix });
+    const u = uuid();
+    expect(await s.write(u, { kind: 'notice' })).toMatchObject({ kind: 'notice', route: null });
+    // Reading the route creates no key.
+    expect(await client().exists(`${prefix}{${u}}:r`)).toBe(0);
+    expect(await router.set(u, route(u))).toBe(true);
+    expect((await s.write(u, { kind: 'notice' })).route).toBe('node-B');
+    const c = await s.write(u, { kind: 'category', mask: 6n });
+    expect(c).toMatchObject({ route: 'node-B', mask: 6n });
+    const m1 = await s.write(u, { kind: 'message', content: Buffer.from('a') });
+    const m2 = await s.write(u, { kind: 'message', content: Buffer.from('b') });
+    expect(m2).toMatchObject({ route: 'node-B', replaced: m1.version, head: true });
+    // The route is only read: its TTL is the router's, not the store's.
+    expect(await client().pttl(`${prefix}{${u}}:r`)).toBeGreaterThan(s.ttlMs);
+    // Gone once the holder's offline deletes it.
+    expect(await router.set(u, null)).toBe(true);
+    expect((await s.write(u, { kind: 'notice' })).route).toBeNull();
+    // A route under another prefix is another cluster's.
+    await new RedisPushRouter({ redis: client(), nodeId: 'node-C', keyPrefix: `x${prefix}` }).set(u, route(u));
+    expect((await s.write(u, { kind: 'notice' })).route).toBeNull();
+  });
+
+  it('queue mode: the route is reported and replaced/expired entries still come out right', async () => {
+    const prefix = `t${randomBytes(3).toString('hex')}:`;
+    const s = await store({ readRoutes: true, messageRetention: { queue: 1, ttlMs: 60 } }, prefix);
+    const drops: StoreDrop[] = [];
+    s.drops.subscribe((d) => drops.push(d));
+    const u = uuid();
+    await new RedisPushRouter({ redis: client(), nodeId: 'node-B', keyPrefix: prefix }).set(u, route(u));
+    const m1 = await s.write(u, { kind: 'message', content: Buffer.from('a') });
+    expect(m1).toMatchObject({ route: 'node-B', replaced: 0, head: true });
+    const m2 = await s.write(u, { kind: 'message', content: Buffer.from('b') });
+    expect(m2).toMatchObject({ route: 'node-B', replaced: m1.version, head: true });
+    await new Promise((r) => setTimeout(r, 80));
+    const m3 = await s.write(u, { kind: 'message', content: Buffer.from('c') });
+    expect(m3).toMatchObject({ route: 'node-B', replaced: 0, head: true });
+    expect(drops).toEqual([{ uuid: u, kind: 'message', version: m2.version, reason: 'expired' }]);
+  });
+
+  it('off by default: writes leave route undefined even when a route is stored', async () => {
+    const prefix = `t${randomBytes(3).toString('hex')}:`;
+    const s = await store({}, prefix);
+    expect(s.readRoutes).toBe(false);
+    const u = uuid();
+    await new RedisPushRouter({ redis: client(), nodeId: 'node-B', keyPrefix: prefix }).set(u, route(u));
+    const w = await s.write(u, { kind: 'notice' });
+    expect(w.route).toBeUndefined();
+    expect('route' in w).toBe(false);
   });
 });
 

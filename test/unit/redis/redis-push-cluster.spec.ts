@@ -24,14 +24,17 @@ afterEach(async () => {
   for (const c of cleanup.splice(0).reverse()) await c();
 });
 
-type NodeOptions = Partial<Omit<RedisPushClusterOptions, 'redis' | 'subscriber' | 'nodeId' | 'engine' | 'router' | 'store' | 'keyPrefix'>>;
+type NodeOptions = Partial<Omit<RedisPushClusterOptions, 'redis' | 'subscriber' | 'nodeId' | 'engine' | 'router' | 'store' | 'keyPrefix'>> & {
+  /** The store reads routes with its writes (as the `redisCluster` plugin wires it). Default true. */
+  readRoutes?: boolean;
+};
 
 /** One in-process node: store, router, engine with a real device port, cluster link, dispatcher. */
-async function node(prefix: string, nodeId: string, options: NodeOptions = {}) {
+async function node(prefix: string, nodeId: string, { readRoutes = true, ...options }: NodeOptions = {}) {
   const client = createRedisClient(redis.url);
   const subscriber = client.duplicate(SUBSCRIBER_CONNECTION_OVERRIDES);
   subscriber.on('error', () => {});
-  const store = new RedisOfflineStore({ redis: client, ownsClient: true, keyPrefix: prefix, nodeId });
+  const store = new RedisOfflineStore({ redis: client, ownsClient: true, keyPrefix: prefix, nodeId, readRoutes });
   await store.open();
   const router = new RedisPushRouter({ redis: client, nodeId, keyPrefix: prefix });
   const engine = new DeviceEngine(store, router, { nodeId });
@@ -104,6 +107,8 @@ async function meshed(...nodes: { cluster: RedisPushCluster }[]) {
 }
 
 const prefix = () => `c${randomBytes(3).toString('hex')}:`;
+/** `node`, for the gateway suite that shadows it to pin `readRoutes`. */
+const nodeOf = node;
 
 describe('RedisPushCluster registry', () => {
   it('nodes learn joins and clean leaves within a few heartbeats', async () => {
@@ -179,7 +184,13 @@ describe('RedisPushCluster registry', () => {
   });
 });
 
-describe('RedisPushCluster gateway', () => {
+// Both ways of finding the holder: the route read by the store's write (`locateKnown`), or looked up (`locate`).
+describe.each([
+  { readRoutes: true, how: 'route read with the write' },
+  { readRoutes: false, how: 'route looked up' },
+])('RedisPushCluster gateway ($how)', ({ readRoutes }) => {
+  const node = (p: string, id: string, options: NodeOptions = {}) => nodeOf(p, id, { readRoutes, ...options });
+
   it('a push dispatched on A for a device on B is transmitted by B and its ack settles A: success, node B', async () => {
     const p = prefix();
     const a = await node(p, 'A');
@@ -189,6 +200,9 @@ describe('RedisPushCluster gateway', () => {
     const got = firstValueFrom(d.messages.pipe(filter((m) => m.kind === 'message'), timeout(2000)));
     expect(await a.cluster.locate(d.uuid)).toBe('B');
     expect(await b.cluster.locate(d.uuid)).toBeNull();
+    expect(await a.cluster.locateKnown(d.uuid, 'B')).toBe('B');
+    expect(await b.cluster.locateKnown(d.uuid, 'B')).toBeNull();
+    expect(await a.cluster.locateKnown(d.uuid, null)).toBeNull();
     const o = await a.dispatcher.dispatch(d.uuid, { kind: 'message', content: Buffer.from('hello from A') }, { source: 'service' });
     expect(o).toMatchObject({ status: 'success', node: 'B', transport: 'udp', uuid: d.uuid });
     expect(o.timeline.acked).toBeGreaterThanOrEqual(o.timeline.sent!);
@@ -229,6 +243,29 @@ describe('RedisPushCluster gateway', () => {
     const p = prefix();
     const a = await node(p, 'A');
     const u = randomBytes(16).toString('hex');
+    const o = await a.dispatcher.dispatch(u, { kind: 'notice' }, { source: 'service' });
+    expect(o).toMatchObject({ status: 'offline', node: 'A' });
+    expect((await a.store.read(u))?.notice).toBe(o.version);
+  });
+
+  it('a route naming a node A has not heard of yet: A reads the registry again and delivers through it', async () => {
+    const p = prefix();
+    // A's own registry reads are an hour apart: only the recheck can tell it about B.
+    const a = await node(p, 'A', { heartbeatMs: 3_600_000, nodeTimeoutMs: 7_200_000 });
+    const b = await node(p, 'B');
+    expect(a.cluster.liveNodes.has('B')).toBe(false);
+    const d = await device(b.port, 'gw-new-node');
+    await online(b, d);
+    expect(await a.dispatcher.dispatch(d.uuid, { kind: 'notice' }, { source: 'service' })).toMatchObject({ status: 'success', node: 'B' });
+    expect(a.cluster.liveNodes.has('B')).toBe(true);
+  });
+
+  it('a route left by a node that is not in the registry: offline at once, the push stays pending', async () => {
+    const p = prefix();
+    const a = await node(p, 'A');
+    const u = randomBytes(16).toString('hex');
+    await new RedisPushRouter({ redis: a.client, nodeId: 'gone', keyPrefix: p }).set(u, { uuid: u, node: 'gone', transport: 'udp', address: '127.0.0.1', port: 1, lastSeen: Date.now() });
+    expect(await a.cluster.locateKnown(u, 'gone')).toBeNull();
     const o = await a.dispatcher.dispatch(u, { kind: 'notice' }, { source: 'service' });
     expect(o).toMatchObject({ status: 'offline', node: 'A' });
     expect((await a.store.read(u))?.notice).toBe(o.version);
