@@ -163,3 +163,33 @@ export async function startRedis(options: TestRedisOptions = {}): Promise<TestRe
     },
   };
 }
+
+/**
+ * One `redis-server` for a spec file: started before its tests, disposed
+ * after them; `cleanup` runs (last first) after each test, for the clients
+ * and nodes a test opened. Call at the top level of the file.
+ */
+export function useRedisServer(hooks: {
+  beforeAll: (fn: () => Promise<void>) => void;
+  afterAll: (fn: () => Promise<void>) => void;
+  afterEach: (fn: () => Promise<void>) => void;
+}): { readonly redis: TestRedis; readonly cleanup: (() => unknown)[] } {
+  let redis: TestRedis | undefined;
+  const cleanup: (() => unknown)[] = [];
+  hooks.beforeAll(async () => {
+    redis = await startRedis();
+  });
+  hooks.afterAll(async () => {
+    await redis?.dispose();
+  });
+  hooks.afterEach(async () => {
+    for (const c of cleanup.splice(0).reverse()) await c();
+  });
+  return {
+    get redis(): TestRedis {
+      if (!redis) throw new Error('useRedisServer: the server starts in beforeAll; use it inside tests');
+      return redis;
+    },
+    cleanup,
+  };
+}

@@ -10,7 +10,7 @@ import type { RedisPushCluster } from '../../../lib/redis/redis-push-cluster.js'
 import { RedisPushRouter } from '../../../lib/redis/redis-push-router.js';
 import { LocalPushRouter } from '../../../lib/router/local-push-router.js';
 import { DeviceTransportStrategy } from '../../../lib/server/device-transport.strategy.js';
-import { startRedis, type TestRedis } from '../../helpers/redis-server.js';
+import { useRedisServer } from '../../helpers/redis-server.js';
 
 /**
  * Counts the Redis commands a push costs, server side (INFO commandstats of a
@@ -21,21 +21,11 @@ import { startRedis, type TestRedis } from '../../helpers/redis-server.js';
  * Commands a script runs count under their own names (HSET, HGET...): only
  * the ones clients send (EVALSHA, HGETALL, PUBLISH) are looked at.
  */
-let redis: TestRedis;
-const cleanup: (() => unknown)[] = [];
-
-beforeAll(async () => {
-  redis = await startRedis();
-});
-afterAll(async () => {
-  await redis?.dispose();
-});
-afterEach(async () => {
-  for (const c of cleanup.splice(0).reverse()) await c();
-});
+const server = useRedisServer({ beforeAll, afterAll, afterEach });
+const cleanup = server.cleanup;
 
 async function node(prefix: string, nodeId: string) {
-  const plugin = redisCluster({ url: redis.url, keyPrefix: prefix, heartbeatMs: 3_600_000, nodeTimeoutMs: 7_200_000 });
+  const plugin = redisCluster({ url: server.redis.url, keyPrefix: prefix, heartbeatMs: 3_600_000, nodeTimeoutMs: 7_200_000 });
   const store = await plugin.createStore(nodeId);
   await store.open();
   const router = await plugin.createRouter(nodeId);
@@ -56,7 +46,7 @@ async function node(prefix: string, nodeId: string) {
 
 /** Calls per command name, as the server counts them. */
 async function commandCalls(): Promise<Map<string, number>> {
-  const info = await redis.command('INFO', 'commandstats');
+  const info = await server.redis.command('INFO', 'commandstats');
   const calls = new Map<string, number>();
   for (const m of info.matchAll(/cmdstat_([\w|-]+):calls=(\d+)/g)) calls.set(m[1]!, Number(m[2]));
   return calls;
@@ -80,7 +70,7 @@ describe('Redis commands per push (redisCluster wiring)', () => {
     const a = await node(prefix(), 'A');
     expect(a.store.readRoutes).toBe(true);
     // A wrapping plugin that pairs the Redis store with another router.
-    const plugin = redisCluster({ url: redis.url, keyPrefix: prefix(), heartbeatMs: 3_600_000 });
+    const plugin = redisCluster({ url: server.redis.url, keyPrefix: prefix(), heartbeatMs: 3_600_000 });
     const store = (await plugin.createStore('L')) as RedisOfflineStore;
     await store.open();
     const router = new LocalPushRouter();

@@ -9,20 +9,10 @@ import { RedisOfflineStore } from '../../../lib/redis/redis-offline-store.js';
 import { type ClusterMembershipEvent, RedisPushCluster, type RedisPushClusterOptions } from '../../../lib/redis/redis-push-cluster.js';
 import { RedisPushRouter } from '../../../lib/redis/redis-push-router.js';
 import { DeviceTransportStrategy } from '../../../lib/server/device-transport.strategy.js';
-import { startRedis, type TestRedis } from '../../helpers/redis-server.js';
+import { useRedisServer } from '../../helpers/redis-server.js';
 
-let redis: TestRedis;
-const cleanup: (() => unknown)[] = [];
-
-beforeAll(async () => {
-  redis = await startRedis();
-});
-afterAll(async () => {
-  await redis?.dispose();
-});
-afterEach(async () => {
-  for (const c of cleanup.splice(0).reverse()) await c();
-});
+const server = useRedisServer({ beforeAll, afterAll, afterEach });
+const cleanup = server.cleanup;
 
 type NodeOptions = Partial<Omit<RedisPushClusterOptions, 'redis' | 'subscriber' | 'nodeId' | 'engine' | 'router' | 'store' | 'keyPrefix'>> & {
   /** The store reads routes with its writes (as the `redisCluster` plugin wires it). Default true. */
@@ -31,7 +21,7 @@ type NodeOptions = Partial<Omit<RedisPushClusterOptions, 'redis' | 'subscriber' 
 
 /** One in-process node: store, router, engine with a real device port, cluster link, dispatcher. */
 async function node(prefix: string, nodeId: string, { readRoutes = true, ...options }: NodeOptions = {}) {
-  const client = createRedisClient(redis.url);
+  const client = createRedisClient(server.redis.url);
   const subscriber = client.duplicate(SUBSCRIBER_CONNECTION_OVERRIDES);
   subscriber.on('error', () => {});
   const store = new RedisOfflineStore({ redis: client, ownsClient: true, keyPrefix: prefix, nodeId, readRoutes });
