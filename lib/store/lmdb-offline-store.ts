@@ -634,6 +634,8 @@ export class LmdbOfflineStore extends OfflineStore {
 
   private checkpointTick(): void {
     if (!this.canWrite() || this.batch) return; // an open batch checks for itself when it closes
+    // Records cached by reads alone are clean: a read-only load trims them here, with no checkpoint.
+    if (this.entries.size > this.cacheSize + this.ckList.length) this.evict();
     if (this.ckList.length === 0 && this.logKeys.length === 0) return;
     if (Date.now() - this.lastCheckpoint < this.checkpointIntervalMs) return;
     try {

@@ -375,6 +375,19 @@ describe('LmdbOfflineStore', () => {
       for (const [i, u] of ids.entries()) expect((await s.read(u))?.message?.toString()).toBe(`m${i}`);
       expect(entries.size).toBeLessThanOrEqual(10 + 1024);
     });
+    it('records cached by reads alone are trimmed to cacheSize by the checkpoint timer, with no write', async () => {
+      const first = await open({ cacheSize: 1000 });
+      const ids = Array.from({ length: 40 }, uuid);
+      await Promise.all(ids.map((u, i) => first.write(u, msg(`m${i}`))));
+      const s = await reopen(first, { cacheSize: 5, checkpointIntervalMs: 20 });
+      const entries = (s as unknown as { entries: Map<string, unknown> }).entries;
+      for (const u of ids) await s.read(u);
+      expect(entries.size).toBe(40);
+      await sleep(80);
+      expect(entries.size).toBeLessThanOrEqual(5);
+      expect(s.checkpoints).toBe(0);
+      for (const [i, u] of ids.entries()) expect((await s.read(u))?.message?.toString()).toBe(`m${i}`);
+    });
   });
 
   describe('log and checkpoints', () => {
