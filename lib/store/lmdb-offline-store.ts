@@ -6,7 +6,7 @@ import { InvalidUuidError, isLowerUuidHex } from '../protocol/uuid.util.js';
 import { checkLmdbDataFile } from './lmdb-file.check.js';
 import { OfflineStoreOpenError, OfflineStoreUnavailableError } from './lmdb-errors.js';
 import { encodeLogValue, readLogValue } from './lmdb-log.codec.js';
-import { decodeRecord, decodeState, type DeviceRecord, emptyRecord, encodeRecord, encodeState, recordContentBytes, type StoredMessage } from './lmdb-record.codec.js';
+import { decodeRecord, decodeState, type DeviceRecord, emptyRecord, encodeRecord, encodeState, isEmptyRecord, recordContentBytes, type StoredMessage } from './lmdb-record.codec.js';
 import {
   type AckResult,
   OfflineStore,
@@ -748,8 +748,7 @@ export class LmdbOfflineStore extends OfflineStore {
 
   /** A record with nothing pending is no record. */
   private settleRecord(e: Entry): void {
-    const r = e.rec;
-    if (r && r.notice === 0 && r.category === 0n && r.messages.length === 0) e.rec = null;
+    if (e.rec && isEmptyRecord(e.rec)) e.rec = null;
   }
 
   /**
