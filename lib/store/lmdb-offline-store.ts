@@ -6,7 +6,18 @@ import { InvalidUuidError, isLowerUuidHex } from '../protocol/uuid.util.js';
 import { checkLmdbDataFile } from './lmdb-file.check.js';
 import { OfflineStoreOpenError, OfflineStoreUnavailableError } from './lmdb-errors.js';
 import { encodeLogValue, readLogValue } from './lmdb-log.codec.js';
-import { decodeRecord, decodeState, type DeviceRecord, emptyRecord, encodeRecord, encodeState, isEmptyRecord, recordContentBytes, type StoredMessage } from './lmdb-record.codec.js';
+import {
+  decodeRecord,
+  decodeState,
+  type DeviceRecord,
+  emptyRecord,
+  encodeRecord,
+  encodeState,
+  isEmptyRecord,
+  recordContentBytes,
+  recordDueAt,
+  type StoredMessage,
+} from './lmdb-record.codec.js';
 import {
   type AckResult,
   OfflineStore,
@@ -228,6 +239,8 @@ export class LmdbOfflineStore extends OfflineStore {
   private sweepTimer: NodeJS.Timeout | undefined;
   private checkpointTimer: NodeJS.Timeout | undefined;
   private sweepCursor: Buffer | undefined;
+  /** The key the sweep examined last (copied: lmdb-js reuses its key buffer between rows). */
+  private readonly sweepKey = Buffer.alloc(16);
   /** Position of the sweep in `ckList` (devices not in a device record yet), and its epoch. */
   private sweepCk = 0;
   private sweepCkEpoch = 0;
@@ -579,16 +592,23 @@ export class LmdbOfflineStore extends OfflineStore {
     if (!devices || !this.canWrite()) return 0;
     const start = this.sweepCursor;
     let seen = 0;
-    let last: Buffer | undefined;
+    const last = this.sweepKey;
     const due: Entry[] = [];
     for (const { key, value } of devices.getRange(start ? { start, exclusiveStart: true, limit: budget } : { limit: budget })) {
       seen++;
-      last = Buffer.from(key);
+      // Every key is a 16-byte uuid (the store writes no other); one that is not is left alone.
+      if (key.length !== 16) continue;
+      last.set(key);
+      // Read from the stored bytes: a record not due is passed over without decoding it. A device
+      // changed since the last checkpoint has a newer state in memory, examined in the list below;
+      // any other cached entry holds exactly what is stored, so its stored bytes decide for it too.
+      const at = recordDueAt(value, this.ttlMs);
+      if (at < 0 || at > now) continue;
       const id = last.toString('hex');
       const e = this.entries.get(id);
       if (e) {
         if (e.ck !== this.ckEpoch && this.isDue(e.rec, now)) due.push(e);
-        continue; // changed since the checkpoint: examined in the list below
+        continue;
       }
       let rec: DeviceRecord;
       try {
@@ -596,9 +616,9 @@ export class LmdbOfflineStore extends OfflineStore {
       } catch {
         continue; // left alone: operations on it report the damage
       }
-      if (this.isDue(rec, now)) due.push({ id, key: last, rec, gen: 0, ck: 0, live: false });
+      if (this.isDue(rec, now)) due.push({ id, key: Buffer.from(last), rec, gen: 0, ck: 0, live: false });
     }
-    this.sweepCursor = seen < budget ? undefined : last;
+    this.sweepCursor = seen < budget ? undefined : Buffer.from(last);
     if (this.sweepCkEpoch !== this.ckEpoch) {
       this.sweepCkEpoch = this.ckEpoch;
       this.sweepCk = 0;

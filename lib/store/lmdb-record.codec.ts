@@ -98,6 +98,31 @@ export function encodeRecordInto(r: DeviceRecord, b: Buffer, o: number): number 
 }
 
 /**
+ * When an encoded device record falls due for the expiry sweep, read from its
+ * bytes without decoding it: the earlier of `touched + ttlMs` and the first
+ * queue TTL among its messages. -1 when the value is not a well-formed record
+ * (the sweep leaves it alone; operations on the device report the damage).
+ * The sweep examines thousands of records per period and almost none are due:
+ * this keeps it from allocating a decoded record (and its message copies) for
+ * each of them.
+ */
+export function recordDueAt(b: Uint8Array, ttlMs: number): number {
+  if (b.length < HEADER || b[0] !== RECORD_FORMAT) return -1;
+  const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  let due = v.getFloat64(18) + ttlMs;
+  const count = v.getUint16(26);
+  let o = HEADER;
+  for (let i = 0; i < count; i++) {
+    if (o + PER_MESSAGE > b.length) return -1;
+    const expiresAt = v.getFloat64(o + 4);
+    if (expiresAt > 0 && expiresAt < due) due = expiresAt;
+    o += PER_MESSAGE + v.getUint16(o + 12);
+    if (o > b.length) return -1;
+  }
+  return due;
+}
+
+/**
  * Decodes a device record. `b` may be a volatile lmdb-js buffer: contents are
  * copied out, nothing keeps a reference to `b`.
  */

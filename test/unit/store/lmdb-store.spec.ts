@@ -243,6 +243,26 @@ describe('LmdbOfflineStore', () => {
       expect(seen.filter((d) => d.reason === 'expired')).toHaveLength(25);
     });
 
+    it('reads checkpointed records it does not hold in memory from their bytes: due ones expire, others stay', async () => {
+      // cacheSize 1: after the checkpoint the records live only in LMDB, so the sweep's stored-bytes path decides.
+      const s = await open({ messageRetention: { queue: 3, ttlMs: 40 }, cacheSize: 1, sweepIntervalMs: 3_600_000 });
+      const seen = dropsOf(s);
+      const queued = Array.from({ length: 6 }, uuid);
+      const versions = new Map<string, number>();
+      for (const u of queued) versions.set(u, (await s.write(u, msg(`m-${u.slice(0, 4)}`))).version);
+      const kept = uuid();
+      await s.write(kept, { kind: 'notice' }); // no TTL: not due for ttlMs (days)
+      await s.checkpoint();
+      expect(s.sweep()).toBe(0); // nothing due yet
+      await sleep(70);
+      expect(s.sweep()).toBe(6);
+      await s.write(uuid(), { kind: 'notice' }); // a commit, so the drops are published
+      expect(seen.map((d) => [d.uuid, d.version, d.reason]).sort()).toEqual(queued.map((u) => [u, versions.get(u), 'expired']).sort());
+      for (const u of queued) expect(await s.read(u)).toBeNull();
+      expect((await s.read(kept))?.notice).toBeGreaterThan(0);
+      expect(s.stats()).toMatchObject({ devices: 2, bytes: 0 });
+    });
+
     it('runs on its own timer', async () => {
       const s = await open({ ttlMs: 30, sweepIntervalMs: 20 });
       const u = uuid();
