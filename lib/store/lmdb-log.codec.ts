@@ -32,17 +32,19 @@ export function encodeLogValue(items: readonly LogItem[]): Buffer {
   for (const it of items) size += PER_DEVICE + (it.rec ? recordSize(it.rec) : 0);
   // One buffer per turn, kept by lmdb-js until the commit.
   const b = Buffer.allocUnsafe(size);
+  const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
   b[0] = LOG_FORMAT;
   let o = 1;
-  for (const it of items) {
-    it.key.copy(b, o, 0, 16);
+  for (let i = 0; i < items.length; i++) {
+    const it = items[i]!;
+    b.set(it.key, o);
     if (it.rec) {
       const start = o + PER_DEVICE;
-      const end = encodeRecordInto(it.rec, b, start);
-      b.writeUInt32BE(end - start, o + 16);
+      const end = encodeRecordInto(it.rec, b, start, v);
+      v.setUint32(o + 16, end - start);
       o = end;
     } else {
-      b.writeUInt32BE(REMOVED, o + 16);
+      v.setUint32(o + 16, REMOVED);
       o += PER_DEVICE;
     }
   }

@@ -77,22 +77,32 @@ export function encodeRecord(r: DeviceRecord): Buffer {
   return b;
 }
 
-/** Writes `r` at `o` in `b` (which has `recordSize(r)` bytes there); returns the offset after it. */
-export function encodeRecordInto(r: DeviceRecord, b: Buffer, o: number): number {
+/**
+ * Writes `r` at `o` in `b` (which has `recordSize(r)` bytes there); returns
+ * the offset after it. `v` is a DataView over all of `b`: a caller encoding
+ * many records into one buffer (a log value) makes it once. DataView and
+ * `Uint8Array.set` rather than Buffer's write helpers: this runs once per
+ * push on the durable store's hot path, and those helpers add argument
+ * checks and a JS-level copy per call.
+ */
+export function encodeRecordInto(r: DeviceRecord, b: Uint8Array, o: number, v: DataView = new DataView(b.buffer, b.byteOffset, b.byteLength)): number {
   b[o] = RECORD_FORMAT;
   b[o + 1] = 0;
-  b.writeUInt32BE(r.notice, o + 2);
-  b.writeUInt32BE(r.categoryVersion, o + 6);
-  b.writeBigUInt64BE(BigInt.asUintN(64, r.category), o + 10);
-  b.writeDoubleBE(r.touched, o + 18);
-  b.writeUInt16BE(r.messages.length, o + 26);
+  v.setUint32(o + 2, r.notice);
+  v.setUint32(o + 6, r.categoryVersion);
+  v.setBigUint64(o + 10, BigInt.asUintN(64, r.category));
+  v.setFloat64(o + 18, r.touched);
+  const messages = r.messages;
+  v.setUint16(o + 26, messages.length);
   o += HEADER;
-  for (const m of r.messages) {
-    b.writeUInt32BE(m.version, o);
-    b.writeDoubleBE(m.expiresAt, o + 4);
-    b.writeUInt16BE(m.content.length, o + 12);
-    m.content.copy(b, o + PER_MESSAGE);
-    o += PER_MESSAGE + m.content.length;
+  for (let i = 0; i < messages.length; i++) {
+    const m = messages[i]!;
+    const len = m.content.length;
+    v.setUint32(o, m.version);
+    v.setFloat64(o + 4, m.expiresAt);
+    v.setUint16(o + 12, len);
+    b.set(m.content, o + PER_MESSAGE);
+    o += PER_MESSAGE + len;
   }
   return o;
 }
