@@ -48,6 +48,7 @@ const PUSHER_KEYS: Record<keyof NonNullable<PushModuleOptions['pusher']>, true> 
   idleTimeoutMs: true,
   maxConnections: true,
   maxPipelined: true,
+  maxPipelinedTotal: true,
   tasksPerTurn: true,
   allow: true,
   closeTimeoutMs: true,

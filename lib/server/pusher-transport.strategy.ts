@@ -3,6 +3,7 @@ import { BlockList, createServer, isIP, type Server as NetServer, type Socket } 
 import { PayloadTooLargeError } from '../errors/payload-too-large.error.js';
 import { PushFailedError } from '../errors/push-failed.error.js';
 import { PushConfigError } from '../errors/push-config.error.js';
+import { type BudgetReader, PipelineBudget } from './pipeline-budget.js';
 import { type IntakeQueue, PusherIntake } from './pusher-intake.js';
 import { PushTransportServer } from './push-transport.server.js';
 import type { PushSubmitter, SubmitCallback } from '../interfaces/push-submitter.interface.js';
@@ -36,6 +37,19 @@ export interface PusherTransportOptions {
    * `chunkBytes / 21` tasks (a 64 KiB chunk of 0x10 tasks: ~3,120). Default 256.
    */
   maxPipelined?: number;
+  /**
+   * Tasks read and not yet answered over all connections together. At this
+   * many every connection stops being read until answers bring the count
+   * back down; then held connections read again, oldest held first. Unread
+   * tasks wait in the kernel's socket buffers, where they cost no heap, and
+   * TCP flow control slows their senders. Why: with a durable store each task
+   * waits in the heap for its group commit, and past a few thousand waiting
+   * tasks a larger backlog adds no throughput (a commit is already large),
+   * only garbage-collector work. Soft like `maxPipelined`: a read chunk is
+   * decoded whole. Raise it for a disk whose commits take tens of ms
+   * (throughput is at most this many tasks per commit). Default 4096.
+   */
+  maxPipelinedTotal?: number;
   /**
    * Tasks submitted per event-loop turn, over all connections (round-robin
    * between them), while the device port is busy; the rest wait for the next
@@ -87,10 +101,14 @@ export interface PusherTransportCounters {
   idleClosed: number;
   /** Connections closed after a bad version byte (framing lost). */
   protocolClosed: number;
-  /** Times a connection was paused at `maxPipelined` (or for write backpressure). */
+  /** Times a connection was paused at `maxPipelined`, at `maxPipelinedTotal`, or for write backpressure. */
   pauses: number;
   /** Highest number of unanswered tasks seen on one connection. */
   peakPipelined: number;
+  /** Highest number of unanswered tasks seen over all connections. */
+  peakPipelinedTotal: number;
+  /** Times the unanswered tasks of all connections reached `maxPipelinedTotal` (every connection was held). */
+  heldAtTotal: number;
   /** Tasks that waited for a later event-loop turn while the device port was busy (`tasksPerTurn`). */
   deferred: number;
 }
@@ -107,7 +125,7 @@ export interface PusherConnectionInfo {
 
 type ResolvedOptions = Required<Omit<PusherTransportOptions, 'allow'>> & { allow: readonly string[] | undefined };
 
-const POSITIVE_INT = ['idleTimeoutMs', 'maxConnections', 'maxPipelined', 'tasksPerTurn', 'closeTimeoutMs'] as const;
+const POSITIVE_INT = ['idleTimeoutMs', 'maxConnections', 'maxPipelined', 'maxPipelinedTotal', 'tasksPerTurn', 'closeTimeoutMs'] as const;
 
 function resolve(o: PusherTransportOptions): ResolvedOptions {
   const r: ResolvedOptions = {
@@ -117,6 +135,7 @@ function resolve(o: PusherTransportOptions): ResolvedOptions {
     idleTimeoutMs: o.idleTimeoutMs ?? 600_000,
     maxConnections: o.maxConnections ?? 1024,
     maxPipelined: o.maxPipelined ?? 256,
+    maxPipelinedTotal: o.maxPipelinedTotal ?? 4096,
     tasksPerTurn: o.tasksPerTurn ?? 32,
     allow: o.allow,
     closeTimeoutMs: o.closeTimeoutMs ?? 5_000,
@@ -169,7 +188,7 @@ const PENDING = -1;
  * its slot and the ready prefix is written in one batch on the next tick, so a
  * burst of pipelined tasks costs one socket write, not one per task.
  */
-class PusherConnection implements PusherTaskSink, IntakeQueue {
+class PusherConnection implements PusherTaskSink, IntakeQueue, BudgetReader {
   readonly decoder: PusherTaskStreamDecoder;
   /** Reply codes of unanswered tasks; index 0 is sequence number `base`. */
   private codes: number[] = [];
@@ -183,6 +202,8 @@ class PusherConnection implements PusherTaskSink, IntakeQueue {
   private qHead = 0;
   /** In the intake scheduler's wait list. */
   waiting = false;
+  /** Held by the port-wide budget (`maxPipelinedTotal`). */
+  held = false;
   private head = 0;
   private base = 0;
   private flushScheduled = false;
@@ -220,12 +241,36 @@ class PusherConnection implements PusherTaskSink, IntakeQueue {
     return this.readPaused;
   }
 
+  get active(): boolean {
+    return !this.closed && !this.fatal && !this.draining;
+  }
+
+  get room(): number {
+    return this.maxPipelined - this.pipelined;
+  }
+
+  hold(): void {
+    this.updateFlow();
+  }
+
+  release(): void {
+    this.updateFlow();
+  }
+
   onData(chunk: Buffer): void {
     if (this.fatal || this.draining || this.closed) return;
     const before = this.base + this.codes.length;
     this.decoder.write(chunk);
+    const read = this.base + this.codes.length - before;
     // Whole tasks (good or bad) are progress; bytes of a partial one are not.
-    if (this.base + this.codes.length !== before) this.lastProgress = Date.now();
+    if (read > 0) {
+      this.lastProgress = Date.now();
+      const budget = this.owner.budget;
+      budget.read(this, read);
+      const counters = this.owner.counters;
+      counters.heldAtTotal = budget.fills;
+      if (budget.peak > counters.peakPipelinedTotal) counters.peakPipelinedTotal = budget.peak;
+    }
     const n = this.pipelined;
     if (n > this.owner.counters.peakPipelined) this.owner.counters.peakPipelined = n;
     this.updateFlow();
@@ -342,6 +387,7 @@ class PusherConnection implements PusherTaskSink, IntakeQueue {
       }
       this.socket.write(out);
       this.lastProgress = Date.now();
+      this.owner.budget.answered(n);
     }
     if (this.pipelined === 0 && (this.fatal || this.draining)) {
       this.finish();
@@ -353,7 +399,7 @@ class PusherConnection implements PusherTaskSink, IntakeQueue {
   /** Pauses reading at the pipelining limit or when replies back up; resumes below. */
   updateFlow(): void {
     if (this.closed || this.fatal || this.draining) return;
-    const stop = this.pipelined >= this.maxPipelined || this.socket.writableLength > WRITE_BACKLOG_LIMIT;
+    const stop = this.held || this.pipelined >= this.maxPipelined || this.socket.writableLength > WRITE_BACKLOG_LIMIT;
     if (stop && !this.readPaused) {
       this.readPaused = true;
       this.owner.counters.pauses++;
@@ -394,6 +440,8 @@ class PusherConnection implements PusherTaskSink, IntakeQueue {
 
   onClose(): void {
     this.closed = true;
+    // Never to be answered: out of the port-wide count.
+    if (this.pipelined > 0) this.owner.budget.answered(this.pipelined);
     this.codes = [];
     this.head = 0;
     // Read but never submitted: nothing was stored, and there is no one left to answer.
@@ -440,12 +488,16 @@ export class PusherTransportStrategy extends PushTransportServer<PusherTransport
     protocolClosed: 0,
     pauses: 0,
     peakPipelined: 0,
+    peakPipelinedTotal: 0,
+    heldAtTotal: 0,
     deferred: 0,
   };
   private readonly allowList: BlockList | undefined;
   private readonly connections = new Set<PusherConnection>();
   /** @internal Turn-by-turn task intake, shared by the connections. */
   readonly intake: PusherIntake;
+  /** @internal Unanswered tasks over all connections (`maxPipelinedTotal`). */
+  readonly budget: PipelineBudget;
   private readonly emitter = new EventEmitter();
   private server: NetServer | undefined;
   private idleTimer: NodeJS.Timeout | undefined;
@@ -461,6 +513,7 @@ export class PusherTransportStrategy extends PushTransportServer<PusherTransport
     }
     this.options = resolve(options);
     this.intake = new PusherIntake(this.options.tasksPerTurn);
+    this.budget = new PipelineBudget(this.options.maxPipelinedTotal, () => this.connections);
     this.allowList = this.options.allow && buildAllowList(this.options.allow);
   }
 
@@ -489,9 +542,7 @@ export class PusherTransportStrategy extends PushTransportServer<PusherTransport
 
   /** Unanswered tasks over all connections (gauge). */
   get pipelined(): number {
-    let n = 0;
-    for (const c of this.connections) n += c.pipelined;
-    return n;
+    return this.budget.unanswered;
   }
 
   connectionsInfo(): PusherConnectionInfo[] {
@@ -568,6 +619,7 @@ export class PusherTransportStrategy extends PushTransportServer<PusherTransport
       conn.onClose();
       this.connections.delete(conn);
     });
+    this.budget.admitNew(conn);
   }
 
   /**

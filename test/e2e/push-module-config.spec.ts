@@ -136,6 +136,7 @@ describe('invalid options fail at startup with a PushConfigError naming the opti
     ['a typo inside device', { device: { prot: 9966 } }, 'device.prot'],
     ['a typo inside pusher', { pusher: { prot: 9999 } }, 'pusher.prot'],
     ['a pipelining limit of 0', { pusher: { maxPipelined: 0 } }, 'pusher.maxPipelined'],
+    ['a port-wide pipelining limit of 0', { pusher: { maxPipelinedTotal: 0 } }, 'pusher.maxPipelinedTotal'],
     ['a device port out of range', { device: { port: 70_000 } }, 'device.port'],
     ['an unknown store type', { store: { type: 'redis' } }, 'store.type'],
   ];

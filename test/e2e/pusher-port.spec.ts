@@ -337,6 +337,58 @@ describe('pusher port (TCP 9999): protocol.md section 5', () => {
     expect(pusher.connectionsInfo()[0]!.paused).toBe(false);
   });
 
+  it('port-wide limit: at maxPipelinedTotal unanswered tasks every connection stops being read; answers let them read again, oldest held first, nothing lost', async () => {
+    const sub = new ScriptedSubmitter();
+    sub.holding = true;
+    const pusher = await startPusherOnly(sub, { maxPipelined: 100, maxPipelinedTotal: 30 });
+    cleanup.push(() => pusher.close());
+    const [a, b, c] = await Promise.all([raw(pusher.port), raw(pusher.port), raw(pusher.port)]);
+    const N = 50; // 1,050 bytes: one read chunk, over the port-wide limit on its own
+    const batch = (from: number) => Buffer.concat(Array.from({ length: N }, (_, i) => notice(from + i)));
+    a.socket.write(batch(0));
+    await until(() => sub.calls.length === N, 2000, "a's tasks");
+    expect(pusher.counters.heldAtTotal).toBe(1);
+    // b and c send while the budget is full: neither is read.
+    b.socket.write(batch(1000));
+    c.socket.write(batch(2000));
+    await sleep(100);
+    expect(sub.calls.length).toBe(N);
+    expect(pusher.pipelined).toBe(N);
+    expect(pusher.connectionsInfo().map((i) => i.paused)).toEqual([true, true, true]);
+
+    sub.release();
+    for (const conn of [a, b, c]) expect(await conn.waitReplies(N, 5000)).toEqual(Array(N).fill(0));
+    expect(sub.calls.length).toBe(3 * N);
+    // One chunk at a time: the limit is overshot by at most what one read delivered.
+    expect(pusher.counters.peakPipelinedTotal).toBe(N);
+    // b was held before c (in connection order when the budget filled), so it was let go first.
+    const firstOf = (from: number) => sub.calls.findIndex((x) => x.uuid === hexOf(from));
+    const lastOf = (from: number) => sub.calls.map((x) => x.uuid).lastIndexOf(hexOf(from + N - 1));
+    expect(lastOf(1000)).toBeLessThan(firstOf(2000));
+    await until(() => pusher.pipelined === 0 && pusher.connectionsInfo().every((i) => !i.paused), 2000, 'every connection reading again');
+  });
+
+  it('port-wide limit: a held connection that closes gives its unanswered tasks back, and the others go on', async () => {
+    const sub = new ScriptedSubmitter();
+    sub.holding = true;
+    const pusher = await startPusherOnly(sub, { maxPipelinedTotal: 10 });
+    cleanup.push(() => pusher.close());
+    const [a, b] = await Promise.all([raw(pusher.port), raw(pusher.port)]);
+    a.socket.write(Buffer.concat(Array.from({ length: 20 }, (_, i) => notice(i))));
+    await until(() => sub.calls.length === 20, 2000, "a's tasks");
+    b.socket.write(Buffer.concat(Array.from({ length: 20 }, (_, i) => notice(100 + i))));
+    await sleep(50);
+    expect(sub.calls.length).toBe(20);
+    // a is reset with 20 tasks unanswered (its socket closes at once): they leave the port-wide count,
+    // so b is read while a's tasks are still being stored.
+    a.socket.resetAndDestroy();
+    await until(() => sub.calls.length === 40, 2000, "b's tasks after a closed");
+    sub.release();
+    expect(await b.waitReplies(20, 5000)).toEqual(Array(20).fill(0));
+    await until(() => pusher.counters.unreplied === 20, 2000, "a's settled submits counted as unreplied");
+    expect(pusher.pipelined).toBe(0);
+  });
+
   it('closes idle connections and counts them', async () => {
     const s = await server({ idleTimeoutMs: 80 });
     const c = await raw(s.pusherPort);

@@ -1,0 +1,131 @@
+/** A reader that the budget may hold (stop reading) and let go again: a pusher connection. */
+export interface BudgetReader {
+  /** Held by the budget: not reading until `release` is called. Managed by the budget. */
+  held: boolean;
+  /** Whether it can still read at all (open, not draining); a reader that cannot is dropped from the wait list. */
+  readonly active: boolean;
+  /** Tasks it may read before its own per-connection limit stops it (`maxPipelined` minus its unanswered tasks). */
+  readonly room: number;
+  /** Stop reading (the budget has just set `held`). */
+  hold(): void;
+  /** Read again unless something else stops it (the budget has just cleared `held`). */
+  release(): void;
+}
+
+/**
+ * The pusher port's budget of unanswered tasks over all connections
+ * (`maxPipelinedTotal`).
+ *
+ * Why a port-wide limit on top of `maxPipelined`: with a durable store every
+ * task waits in the heap for its group commit, and many pipelining
+ * connections multiply that wait (64 connections x 256 tasks: 16k tasks and
+ * their pending callbacks). Objects that live that long are copied by V8's
+ * young-generation collections, so beyond a few thousand waiting tasks a
+ * bigger backlog buys no throughput (a group commit is already large) and
+ * costs collector time. Tasks the budget does not admit stay unread in the
+ * kernel's socket buffers, where they cost no heap, and TCP flow control
+ * slows the senders.
+ *
+ * Once the count reaches the limit, every connection is held. When answers
+ * bring it back below, a pass on the next turn lets held connections read
+ * again, oldest held first, while their room fits what is left of the budget
+ * (at least one per pass); passes repeat turn by turn while room is left, so
+ * a released connection with nothing to send does not keep the others
+ * waiting. The limit is soft: a read chunk is decoded whole, so a connection
+ * may overshoot by what one read delivered (a 64 KiB chunk).
+ */
+export class PipelineBudget {
+  /** Tasks read and not yet answered, over all connections. */
+  private count = 0;
+  /** Held readers, oldest first from `head` (each at most once: bounded by the open connections). */
+  private waiting: BudgetReader[] = [];
+  private head = 0;
+  private full = false;
+  private passScheduled = false;
+  /** Times the budget filled up and held every connection. */
+  fills = 0;
+  /** Highest number of unanswered tasks seen. */
+  peak = 0;
+
+  constructor(
+    readonly max: number,
+    private readonly readers: () => Iterable<BudgetReader>,
+  ) {}
+
+  /** Unanswered tasks over all connections (gauge). */
+  get unanswered(): number {
+    return this.count;
+  }
+
+  /** `reader` read `n` tasks; call before it decides whether to read on. */
+  read(reader: BudgetReader, n: number): void {
+    this.count += n;
+    if (this.count > this.peak) this.peak = this.count;
+    if (this.count < this.max) return;
+    if (!this.full) {
+      this.full = true;
+      this.fills++;
+    }
+    // Every reader stops, not just this one: readers let go by the last pass may be reading in this
+    // same poll phase, and each would overshoot by a whole chunk.
+    this.holdReader(reader);
+    for (const r of this.readers()) this.holdReader(r);
+  }
+
+  /** A reader that starts while the budget is full waits its turn like the others. */
+  admitNew(reader: BudgetReader): void {
+    if (this.full) this.holdReader(reader);
+  }
+
+  /** Connections are held (the budget filled up and has not emptied its wait list yet). */
+  get isFull(): boolean {
+    return this.full;
+  }
+
+  /** `n` tasks were answered (or dropped with their connection). */
+  answered(n: number): void {
+    this.count -= n;
+    if (this.full && this.count < this.max && !this.passScheduled) {
+      this.passScheduled = true;
+      // After the current turn's answers are all counted: one pass sees the whole room.
+      setImmediate(this.pass);
+    }
+  }
+
+  private holdReader(r: BudgetReader): void {
+    if (r.held || !r.active) return;
+    r.held = true;
+    this.waiting.push(r);
+    r.hold();
+  }
+
+  private readonly pass = (): void => {
+    this.passScheduled = false;
+    let budget = this.max - this.count;
+    // Still full: the answers on their way schedule the next pass.
+    if (budget <= 0) return;
+    while (this.head < this.waiting.length && budget > 0) {
+      const r = this.waiting[this.head]!;
+      this.waiting[this.head++] = undefined as never;
+      if (!r.held) continue;
+      r.held = false;
+      if (!r.active) continue;
+      budget -= Math.max(1, r.room);
+      r.release();
+    }
+    if (this.head === this.waiting.length) {
+      this.waiting = [];
+      this.head = 0;
+      this.full = false;
+      return;
+    }
+    if (this.head >= 64 && this.head * 2 >= this.waiting.length) {
+      this.waiting = this.waiting.slice(this.head);
+      this.head = 0;
+    }
+    // Others wait: look again once the released ones have had a poll phase to read in. Each pass
+    // releases at least one reader, so this ends when the list is empty or the reads fill the budget.
+    this.passScheduled = true;
+    setImmediate(this.pass);
+  };
+}
