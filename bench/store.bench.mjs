@@ -12,7 +12,7 @@
 // shared machine hits every scenario alike.
 //
 // Usage: npm run build && node bench/store.bench.mjs [--rounds 3] [--duration ms] [--strict] [--diagnose]
-//        [--max-pipelined N] (the pusher port's maxPipelined, default 256, for every scenario) [--only "lmdb sync"]
+//        [--max-pipelined N] [--max-pipelined-total N] (the pusher port's limits, for every scenario) [--only "lmdb sync"]
 // BENCH_WINDOW=N changes the tasks each connection keeps pipelined (default 256).
 // --strict exits 1 when the sync ratio is under the target. --diagnose adds
 // "memory, deferred": the memory store with every write of an event-loop turn
@@ -47,6 +47,7 @@ async function runMain() {
       only: { type: 'string' },
       diagnose: { type: 'boolean', default: false },
       'max-pipelined': { type: 'string' },
+      'max-pipelined-total': { type: 'string' },
     },
   });
   const rounds = Number(values.rounds);
@@ -100,6 +101,10 @@ async function runMain() {
   }
   if (values.only) for (const k of Object.keys(scenarios)) if (k !== values.only && k !== 'memory') delete scenarios[k];
   const rates = Object.fromEntries(Object.keys(scenarios).map((k) => [k, []]));
+  // CPU per answered task, all threads of the process (the app, lmdb-js's writer, V8's GC helpers, and
+  // the load generator, the same in every scenario): steadier than the rate on a shared machine, and
+  // what decides the rate when the threads share a few cores.
+  const cpuPerTask = Object.fromEntries(Object.keys(scenarios).map((k) => [k, []]));
   const notes = {};
   const started = Date.now();
   console.log(
@@ -115,14 +120,19 @@ async function runMain() {
           PushModule.forRoot({
             store,
             device: { enabled: false },
-            pusher: { host: '127.0.0.1', port: 0, maxConnections: 256, ...(values['max-pipelined'] ? { maxPipelined: Number(values['max-pipelined']) } : {}) },
+            pusher: { host: '127.0.0.1', port: 0, maxConnections: 256, ...(values['max-pipelined'] ? { maxPipelined: Number(values['max-pipelined']) } : {}),
+              ...(values['max-pipelined-total'] ? { maxPipelinedTotal: Number(values['max-pipelined-total']) } : {}),
+            },
           }),
           { logger: false },
         );
         await connectPushTransports(app);
         const port = app.get(PusherTransportStrategy).port;
         const commits0 = store.commits ?? 0;
+        const cpu0 = process.cpuUsage();
         const res = await ask({ port, durationMs, warmupMs });
+        const cpu = process.cpuUsage(cpu0);
+        cpuPerTask[name].push((cpu.user + cpu.system) / Math.max(1, res.total));
         if (res.bad > 0) throw new Error(`${name}: ${res.bad} replies were not 0x00`);
         rates[name].push(res.rate);
         if (store.commits !== undefined) {
@@ -141,8 +151,10 @@ async function runMain() {
   for (const name of Object.keys(scenarios)) {
     const m = median(rates[name]);
     const ratio = m / mem;
+    const cpu = median(cpuPerTask[name]);
     console.log(
-      `${name.padEnd(11)} ${fmt(m).padStart(9)} pushes/s  ratio ${ratio.toFixed(2)}  rounds [${rates[name].map(fmt).join(', ')}]${notes[name] ? '  ' + notes[name] : ''}`,
+      `${name.padEnd(11)} ${fmt(m).padStart(9)} pushes/s  ratio ${ratio.toFixed(2)}  rounds [${rates[name].map(fmt).join(', ')}]` +
+        `  CPU ${cpu.toFixed(2)} us/push${notes[name] ? '  ' + notes[name] : ''}`,
     );
   }
   if (!rates['lmdb sync']) return;

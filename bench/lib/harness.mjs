@@ -1,6 +1,7 @@
 // Orchestration helpers: the server child process, the worker threads, and
 // the measurements shared by several scenarios.
 import { fork } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import { client, sleep } from './rpc.mjs';
 
@@ -115,19 +116,40 @@ export async function measureWindow(s, { connections, window, warmupMs, duration
   const run = s.load.call('window', { port: s.server.ports.pusher, connections, window, warmupMs, durationMs });
   await sleep(warmupMs);
   const [m0, c0] = await Promise.all([s.dev.call('mark'), s.server.stats()]);
+  const k0 = kernelUdpDrops();
   await sleep(durationMs);
   const [m1, c1] = await Promise.all([s.dev.call('mark'), s.server.stats()]);
+  const k1 = kernelUdpDrops();
   const r = await run;
   await sleep(200); // let acks in flight land before the next run
   const seconds = (m1.at - m0.at) / 1000;
+  const delivered = m1.received - m0.received;
   return {
-    rate: (m1.received - m0.received) / seconds,
+    rate: delivered / seconds,
+    // Device acks the server read, per push its devices received: a server that falls behind on its
+    // UDP socket lets the kernel drop acks (counted in kernelUdpDrops) and so reads fewer.
+    acksRead: (c1.stats.acks - c0.stats.acks) / Math.max(1, delivered),
+    // Datagrams per second the kernel dropped for a full receive buffer in the window (whole machine; Linux only, else NaN).
+    kernelUdpDropRate: (k1 - k0) / seconds,
     replyRate: r.replyRate,
     bad: r.bad,
     serverCpu: (c1.cpuMs - c0.cpuMs) / (c1.at - c0.at),
     server: c1.stats,
     before: c0.stats,
   };
+}
+
+/** UDP datagrams the kernel has dropped for a full receive buffer (RcvbufErrors, /proc/net/snmp); NaN where unavailable. */
+export function kernelUdpDrops() {
+  try {
+    const lines = readFileSync('/proc/net/snmp', 'utf8').split('\n').filter((l) => l.startsWith('Udp:'));
+    const names = lines[0].trim().split(/\s+/);
+    const values = lines[1].trim().split(/\s+/);
+    const i = names.indexOf('RcvbufErrors');
+    return i < 0 ? NaN : Number(values[i]);
+  } catch {
+    return NaN;
+  }
 }
 
 /** Delivery latency (ms) of pushes sent at a fixed rate. */
