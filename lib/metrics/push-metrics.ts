@@ -56,6 +56,8 @@ export const PUSH_METRIC_NAMES = {
   drops: 'drops_total',
   pusherTasks: 'pusher_tasks_total',
   pusherDeferred: 'pusher_tasks_deferred_total',
+  pusherPipelined: 'pusher_pipelined',
+  pusherHeld: 'pusher_held_total',
   deliveryLatency: 'delivery_latency_seconds',
   storeCommit: 'store_commit_seconds',
   gatewayLatency: 'gateway_latency_seconds',
@@ -306,7 +308,11 @@ export class PushMetrics implements OnModuleInit, OnModuleDestroy {
         },
       }),
     );
-    if (pusher) gauge(n.pusherConnections, 'Open pusher port connections.', () => pusher.openConnections);
+    if (pusher) {
+      gauge(n.pusherConnections, 'Open pusher port connections.', () => pusher.openConnections);
+      gauge(n.pusherPipelined, 'Pusher tasks read and not yet answered, all connections together (limit: pusher.maxPipelinedTotal).', () => pusher.pipelined);
+      counter(n.pusherHeld, 'Times the pusher port held every connection at pusher.maxPipelinedTotal unanswered tasks.', () => pusher.counters.heldAtTotal);
+    }
 
     const outcomes = this.outcomeCounts;
     this.track(

@@ -188,6 +188,8 @@ describe('PushMetricsModule (prom-client series of a real PushModule app)', () =
     expect(m.get('nest_push_pusher_tasks_total{result="malformed"}')).toBe(1);
     expect(m.get('nest_push_pusher_tasks_total{result="accepted"}')).toBe(0);
     expect(m.get('nest_push_pusher_tasks_deferred_total')).toBe(0);
+    expect(m.get('nest_push_pusher_pipelined')).toBe(0);
+    expect(m.get('nest_push_pusher_held_total')).toBe(0);
   });
 
   it('counts TCP links, and devices go offline when their link closes', async () => {

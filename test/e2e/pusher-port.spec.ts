@@ -359,8 +359,10 @@ describe('pusher port (TCP 9999): protocol.md section 5', () => {
     sub.release();
     for (const conn of [a, b, c]) expect(await conn.waitReplies(N, 5000)).toEqual(Array(N).fill(0));
     expect(sub.calls.length).toBe(3 * N);
-    // One chunk at a time: the limit is overshot by at most what one read delivered.
-    expect(pusher.counters.peakPipelinedTotal).toBe(N);
+    // Soft like maxPipelined: a connection is let go while the count is under the limit, and its read
+    // (one chunk here) may take it past, but never further than that one chunk.
+    expect(pusher.counters.peakPipelinedTotal).toBeGreaterThanOrEqual(N);
+    expect(pusher.counters.peakPipelinedTotal).toBeLessThan(30 + N);
     // b was held before c (in connection order when the budget filled), so it was let go first.
     const firstOf = (from: number) => sub.calls.findIndex((x) => x.uuid === hexOf(from));
     const lastOf = (from: number) => sub.calls.map((x) => x.uuid).lastIndexOf(hexOf(from + N - 1));
