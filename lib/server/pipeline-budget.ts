@@ -1,15 +1,21 @@
 /** A reader that the budget may hold (stop reading) and let go again: a pusher connection. */
 export interface BudgetReader {
-  /** Held by the budget: not reading until `release` is called. Managed by the budget. */
+  /** Held by the budget: it must not read while set. Set and cleared by the budget, which then calls `updateFlow`. */
   held: boolean;
   /** Whether it can still read at all (open, not draining); a reader that cannot is dropped from the wait list. */
   readonly active: boolean;
   /** Tasks it may read before its own per-connection limit stops it (`maxPipelined` minus its unanswered tasks). */
   readonly room: number;
-  /** Stop reading (the budget has just set `held`). */
-  hold(): void;
-  /** Read again unless something else stops it (the budget has just cleared `held`). */
-  release(): void;
+  /** Pauses or resumes reading to match `held` (and whatever else stops it). */
+  updateFlow(): void;
+}
+
+/** Where the budget reports (the pusher port's counters). */
+export interface BudgetStats {
+  /** Times the budget filled up and held every connection. */
+  heldAtTotal: number;
+  /** Highest number of unanswered tasks seen. */
+  peakPipelinedTotal: number;
 }
 
 /**
@@ -42,14 +48,11 @@ export class PipelineBudget {
   private head = 0;
   private full = false;
   private passScheduled = false;
-  /** Times the budget filled up and held every connection. */
-  fills = 0;
-  /** Highest number of unanswered tasks seen. */
-  peak = 0;
 
   constructor(
     readonly max: number,
     private readonly readers: () => Iterable<BudgetReader>,
+    private readonly stats: BudgetStats,
   ) {}
 
   /** Unanswered tasks over all connections (gauge). */
@@ -60,11 +63,11 @@ export class PipelineBudget {
   /** `reader` read `n` tasks; call before it decides whether to read on. */
   read(reader: BudgetReader, n: number): void {
     this.count += n;
-    if (this.count > this.peak) this.peak = this.count;
+    if (this.count > this.stats.peakPipelinedTotal) this.stats.peakPipelinedTotal = this.count;
     if (this.count < this.max) return;
     if (!this.full) {
       this.full = true;
-      this.fills++;
+      this.stats.heldAtTotal++;
     }
     // Every reader stops, not just this one: readers let go by the last pass may be reading in this
     // same poll phase, and each would overshoot by a whole chunk.
@@ -75,11 +78,6 @@ export class PipelineBudget {
   /** A reader that starts while the budget is full waits its turn like the others. */
   admitNew(reader: BudgetReader): void {
     if (this.full) this.holdReader(reader);
-  }
-
-  /** Connections are held (the budget filled up and has not emptied its wait list yet). */
-  get isFull(): boolean {
-    return this.full;
   }
 
   /** `n` tasks were answered (or dropped with their connection). */
@@ -96,7 +94,7 @@ export class PipelineBudget {
     if (r.held || !r.active) return;
     r.held = true;
     this.waiting.push(r);
-    r.hold();
+    r.updateFlow();
   }
 
   private readonly pass = (): void => {
@@ -111,7 +109,7 @@ export class PipelineBudget {
       r.held = false;
       if (!r.active) continue;
       budget -= Math.max(1, r.room);
-      r.release();
+      r.updateFlow();
     }
     if (this.head === this.waiting.length) {
       this.waiting = [];

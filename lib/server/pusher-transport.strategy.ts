@@ -249,14 +249,6 @@ class PusherConnection implements PusherTaskSink, IntakeQueue, BudgetReader {
     return this.maxPipelined - this.pipelined;
   }
 
-  hold(): void {
-    this.updateFlow();
-  }
-
-  release(): void {
-    this.updateFlow();
-  }
-
   onData(chunk: Buffer): void {
     if (this.fatal || this.draining || this.closed) return;
     const before = this.base + this.codes.length;
@@ -265,11 +257,7 @@ class PusherConnection implements PusherTaskSink, IntakeQueue, BudgetReader {
     // Whole tasks (good or bad) are progress; bytes of a partial one are not.
     if (read > 0) {
       this.lastProgress = Date.now();
-      const budget = this.owner.budget;
-      budget.read(this, read);
-      const counters = this.owner.counters;
-      counters.heldAtTotal = budget.fills;
-      if (budget.peak > counters.peakPipelinedTotal) counters.peakPipelinedTotal = budget.peak;
+      this.owner.budget.read(this, read);
     }
     const n = this.pipelined;
     if (n > this.owner.counters.peakPipelined) this.owner.counters.peakPipelined = n;
@@ -513,7 +501,7 @@ export class PusherTransportStrategy extends PushTransportServer<PusherTransport
     }
     this.options = resolve(options);
     this.intake = new PusherIntake(this.options.tasksPerTurn);
-    this.budget = new PipelineBudget(this.options.maxPipelinedTotal, () => this.connections);
+    this.budget = new PipelineBudget(this.options.maxPipelinedTotal, () => this.connections, this.counters);
     this.allowList = this.options.allow && buildAllowList(this.options.allow);
   }
 
