@@ -370,6 +370,30 @@ describe('pusher port (TCP 9999): protocol.md section 5', () => {
     await until(() => pusher.pipelined === 0 && pusher.connectionsInfo().every((i) => !i.paused), 2000, 'every connection reading again');
   });
 
+  it('port-wide limit: held connections that have nothing to send when let go do not keep a later one waiting', async () => {
+    const sub = new ScriptedSubmitter();
+    sub.holding = true;
+    const pusher = await startPusherOnly(sub, { maxPipelined: 100, maxPipelinedTotal: 30 });
+    cleanup.push(() => pusher.close());
+    // Held in this order when the budget fills: a (which filled it), then the idle ones, then c.
+    const a = await raw(pusher.port);
+    const idle = await Promise.all([raw(pusher.port), raw(pusher.port), raw(pusher.port)]);
+    const c = await raw(pusher.port);
+    a.socket.write(Buffer.concat(Array.from({ length: 50 }, (_, i) => notice(i))));
+    await until(() => sub.calls.length === 50, 2000, "a's tasks");
+    c.socket.write(Buffer.concat(Array.from({ length: 50 }, (_, i) => notice(500 + i))));
+    await sleep(50);
+    expect(sub.calls.length).toBe(50);
+    // Each pass lets go as many as the room allows (one here: a room of 100 exceeds the budget of 30).
+    // a and the idle connections read nothing once let go, and no answer comes to start another pass:
+    // c is reached only because passes go on turn by turn while connections still wait.
+    sub.release();
+    expect(await a.waitReplies(50, 5000)).toEqual(Array(50).fill(0));
+    expect(await c.waitReplies(50, 5000)).toEqual(Array(50).fill(0));
+    for (const i of idle) expect(i.replies).toEqual([]);
+    await until(() => pusher.connectionsInfo().every((info) => !info.paused), 2000, 'every connection reading again');
+  });
+
   it('port-wide limit: a held connection that closes gives its unanswered tasks back, and the others go on', async () => {
     const sub = new ScriptedSubmitter();
     sub.holding = true;
