@@ -584,39 +584,61 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
   }
 
   /**
-   * `push` for the hot path (the dispatcher): the same steps, reported through
-   * `done` (exactly once, possibly before this returns) rather than a chain of
-   * promises per push.
+   * `push` with a callback: the same steps, reported through `done` (exactly
+   * once, possibly before this returns) rather than a chain of promises.
    */
   pushThen(uuid: string, write: PendingWrite, done: PushCallback): void {
+    let key: string;
     try {
-      // Store keys are lowercase hex: an upper-case or malformed uuid must not be
-      // stored under a key the device's heartbeat never reads.
-      uuid = normalizeUuid(uuid);
-      this.checkWrite(write);
+      key = this.preparePush(uuid, write);
     } catch (err) {
       done(asError(err), null);
       return;
     }
+    const t0 = this.storeWriteObserver ? performance.now() : 0;
+    this.writePush(key, write, (err, r) => (err ? done(err, null) : done(null, this.pushStored(key, write, r!, t0))));
+  }
+
+  /**
+   * `pushThen` in three steps, for a caller that goes on in its own store
+   * callback (the dispatcher: a push waiting for a group commit then keeps
+   * one closure alive, not two, which young-generation GC copies less).
+   * `preparePush` checks and counts the push and returns its store key
+   * (throws, storing nothing, on a bad uuid or write); `writePush` stores it;
+   * `pushStored` sends it if the device is reachable here and returns the
+   * dispatch. `t0`: `performance.now()` before the write when
+   * `storeWriteObserver` is set, else 0.
+   * @internal
+   */
+  preparePush(uuid: string, write: PendingWrite): string {
+    // Store keys are lowercase hex: an upper-case or malformed uuid must not be
+    // stored under a key the device's heartbeat never reads.
+    const key = normalizeUuid(uuid);
+    this.checkWrite(write);
     this.counters.pushes++;
+    return key;
+  }
+
+  /** @internal See `preparePush`. */
+  writePush(key: string, write: PendingWrite, done: (err: Error | null, r: WriteResult | null) => void): void {
+    this.store.writeThen(key, write, done);
+  }
+
+  /** @internal See `preparePush`. */
+  pushStored(key: string, write: PendingWrite, r: WriteResult, t0: number): PushDispatch {
     const observe = this.storeWriteObserver;
-    const t0 = observe ? performance.now() : 0;
-    this.store.writeThen(uuid, write, (err, r) => {
-      if (err) return done(err, null);
-      if (observe) observe((performance.now() - t0) / 1000);
-      let d: PushDispatch;
-      try {
-        d = this.afterWrite(uuid, write, r as PushDispatch);
-      } catch {
-        // Stored, but the send threw (a transport closing under us): the push
-        // is accepted and stays pending for the device's next heartbeat.
-        d = r as PushDispatch;
-        d.uuid = uuid;
-        d.sentVia = null;
-        d.reachable = false;
-      }
-      done(null, d);
-    });
+    if (observe && t0 > 0) observe((performance.now() - t0) / 1000);
+    try {
+      return this.afterWrite(key, write, r as PushDispatch);
+    } catch {
+      // Stored, but the send threw (a transport closing under us): the push
+      // is accepted and stays pending for the device's next heartbeat.
+      const d = r as PushDispatch;
+      d.uuid = key;
+      d.sentVia = null;
+      d.reachable = false;
+      return d;
+    }
   }
 
   private checkWrite(write: PendingWrite): void {
