@@ -12,6 +12,13 @@ export interface IntakeQueue {
 const DEVICE_BUSY_MS = 20;
 
 /**
+ * libuv reads at most this many datagrams from a UDP socket per poll phase.
+ * A turn that saw this many arrive most likely left more waiting in the
+ * kernel buffer: the device port is behind.
+ */
+const UV_DATAGRAMS_PER_POLL = 32;
+
+/**
  * Paces the pusher port's task intake against the device port, turn by turn
  * of the event loop.
  *
@@ -23,6 +30,15 @@ const DEVICE_BUSY_MS = 20;
  * round-robin over the waiting connections, and the rest wait for the next
  * turn. With a quiet device port, or none, a turn takes everything queued
  * (bounded by each connection's `maxPipelined`).
+ *
+ * Keeping pace is not enough once the port is behind: a turn that submits as
+ * many pushes as the poll phase before it read acks keeps whatever backlog
+ * the kernel buffer holds, and a 4 MiB buffer holds thousands of acks, each
+ * then handled ~100 ms late (outcomes come late, and a newer push to the same
+ * device finds the older one unacked and reports it `replaced`). So a turn
+ * after a poll phase that read a full libuv batch (32 datagrams) submits an
+ * eighth of `tasksPerTurn` (at least one, so pushes still move under a
+ * heartbeat flood) until the backlog is gone.
  */
 export class PusherIntake {
   /** Tasks left in this turn's budget; a turn is open while its closing immediate is pending. */
@@ -64,10 +80,12 @@ export class PusherIntake {
     if (!read) return Number.MAX_SAFE_INTEGER;
     const n = read();
     const now = Date.now();
-    if (n !== this.lastDatagrams) {
+    const arrived = n - this.lastDatagrams;
+    if (arrived !== 0) {
       this.lastDatagrams = n;
       this.deviceBusyAt = now;
     }
+    if (arrived >= UV_DATAGRAMS_PER_POLL) return Math.max(1, this.tasksPerTurn >> 3);
     // Busy for a while after the last datagram, not just "since the previous turn": a turn can open
     // and close within one poll phase, and a flapping verdict would let whole queues through in bursts.
     return now - this.deviceBusyAt <= DEVICE_BUSY_MS ? this.tasksPerTurn : Number.MAX_SAFE_INTEGER;

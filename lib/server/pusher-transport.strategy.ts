@@ -59,8 +59,11 @@ export interface PusherTransportOptions {
    * and are dropped (the kernel's UDP buffer holds a few hundred). "Busy":
    * the port received a datagram in the last 20 ms; while it is quiet,
    * and in a strategy with no device port to watch (used standalone, or the
-   * device port disabled), intake is not limited per turn. Default 32, the
-   * same pace.
+   * device port disabled), intake is not limited per turn. A turn after a
+   * poll phase that read a full batch of 32 datagrams (the port is behind:
+   * more wait in the kernel buffer) takes an eighth of this, at least one,
+   * so a backlog of acks drains instead of being carried along. Default 32,
+   * the same pace.
    */
   tasksPerTurn?: number;
   /**

@@ -284,6 +284,42 @@ describe('pusher port (TCP 9999): protocol.md section 5', () => {
     expect(Math.max(...middle) - Math.min(...middle)).toBeLessThanOrEqual(10);
   });
 
+  it('intake: after a poll phase that read a full batch of datagrams (the device port is behind), a turn takes an eighth of tasksPerTurn', async () => {
+    const turns = countTurns();
+    // The device port's running count of datagrams: 40 more per turn (libuv reads at most 32 per poll
+    // phase, so more are waiting) until 60 tasks have gone through, then 1 per turn (caught up).
+    let count = 0;
+    let lastTurn = turns.now;
+    let submitted = 0;
+    const datagrams = () => {
+      count += (turns.now - lastTurn) * (submitted < 60 ? 40 : 1);
+      lastTurn = turns.now;
+      return count;
+    };
+    const perTurn = new Map<number, number>();
+    const turnOf: number[] = [];
+    const sub: PushSubmitter = {
+      submit: (_u, _w, _s, done) => {
+        submitted++;
+        turnOf.push(turns.now);
+        perTurn.set(turns.now, (perTurn.get(turns.now) ?? 0) + 1);
+        done(null);
+      },
+    };
+    const pusher = await startPusherOnly(sub, { tasksPerTurn: 16, maxPipelined: 10_000 });
+    cleanup.push(() => pusher.close());
+    pusher.paceWith(datagrams);
+    const c = await raw(pusher.port);
+    const N = 400;
+    await c.write(Buffer.concat(Array.from({ length: N }, (_, i) => notice(i))));
+    expect(await c.waitReplies(N)).toEqual(Array(N).fill(0));
+    // Behind: after the read's first turn, 16 / 8 = 2 per turn. Caught up: tasksPerTurn again.
+    const behind = new Set(turnOf.slice(16, 56));
+    expect(Math.max(...[...behind].map((t) => perTurn.get(t)!))).toBeLessThanOrEqual(2);
+    const later = new Set(turnOf.slice(100));
+    expect(Math.max(...[...later].map((t) => perTurn.get(t)!))).toBe(16);
+  });
+
   it('intake: with a quiet device port (or none), a whole read is submitted in one turn', async () => {
     const turns = countTurns();
     const seen = new Set<number>();
