@@ -48,6 +48,13 @@ export class PipelineBudget {
   private head = 0;
   private full = false;
   private passScheduled = false;
+  /**
+   * Readers let go by passes since the budget last reached the limit: while it
+   * stays full, these are the only ones that may be reading (every other one
+   * was held when it filled, or on arrival), so reaching the limit again holds
+   * these, not every connection. Bounded by the open connections per fill.
+   */
+  private loose: BudgetReader[] = [];
 
   constructor(
     readonly max: number,
@@ -65,14 +72,18 @@ export class PipelineBudget {
     this.count += n;
     if (this.count > this.stats.peakPipelinedTotal) this.stats.peakPipelinedTotal = this.count;
     if (this.count < this.max) return;
+    this.holdReader(reader);
     if (!this.full) {
       this.full = true;
       this.stats.heldAtTotal++;
+      for (const r of this.readers()) this.holdReader(r);
+      return;
     }
-    // Every reader stops, not just this one: readers let go by the last pass may be reading in this
-    // same poll phase, and each would overshoot by a whole chunk.
-    this.holdReader(reader);
-    for (const r of this.readers()) this.holdReader(r);
+    // Every reader let go by the last passes stops too, not just this one: they may be reading in
+    // this same poll phase, and each would overshoot by a whole chunk.
+    const loose = this.loose;
+    this.loose = [];
+    for (let i = 0; i < loose.length; i++) this.holdReader(loose[i]!);
   }
 
   /** A reader that starts while the budget is full waits its turn like the others. */
@@ -109,11 +120,13 @@ export class PipelineBudget {
       r.held = false;
       if (!r.active) continue;
       budget -= Math.max(1, r.room);
+      this.loose.push(r);
       r.updateFlow();
     }
     if (this.head === this.waiting.length) {
       this.waiting = [];
       this.head = 0;
+      this.loose = [];
       this.full = false;
       return;
     }

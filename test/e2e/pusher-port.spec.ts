@@ -2,7 +2,7 @@ import { connect } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PayloadTooLargeError } from '../../lib/errors/payload-too-large.error.js';
 import { PushConfigError } from '../../lib/errors/push-config.error.js';
-import type { PushSubmitter } from '../../lib/interfaces/push-submitter.interface.js';
+import type { PushSubmitter, SubmitCallback } from '../../lib/interfaces/push-submitter.interface.js';
 import { encodePusherTask, PusherCmd, uuidFromKey, uuidToHex } from '../../lib/protocol/index.js';
 import { PusherTransportStrategy } from '../../lib/server/pusher-transport.strategy.js';
 import { RawPusherConnection, ScriptedSubmitter, startPusherOnly, startPusherServer, until } from '../helpers/pusher-server.js';
@@ -404,6 +404,41 @@ describe('pusher port (TCP 9999): protocol.md section 5', () => {
     const lastOf = (from: number) => sub.calls.map((x) => x.uuid).lastIndexOf(hexOf(from + N - 1));
     expect(lastOf(1000)).toBeLessThan(firstOf(2000));
     await until(() => pusher.pipelined === 0 && pusher.connectionsInfo().every((i) => !i.paused), 2000, 'every connection reading again');
+  });
+
+  it('port-wide limit: when one pass lets several connections go, the first read that reaches the limit again holds the others before they read', async () => {
+    // Submits are answered only when released by count: the test decides when room appears.
+    const held: SubmitCallback[] = [];
+    let calls = 0;
+    const sub: PushSubmitter = {
+      submit: (_u, _w, _s, done) => {
+        calls++;
+        held.push(done);
+      },
+    };
+    const answer = (n: number) => held.splice(0, n).forEach((done) => done(null));
+    // Each connection may have 5 unanswered tasks of its own, so a pass with 20 of room lets 4 go at once.
+    const pusher = await startPusherOnly(sub, { maxPipelined: 5, maxPipelinedTotal: 20 });
+    cleanup.push(() => pusher.close());
+    const conns = [];
+    for (let i = 0; i < 5; i++) conns.push(await raw(pusher.port));
+    const N = 40; // one write, one read chunk: far past both limits
+    conns[0]!.socket.write(Buffer.concat(Array.from({ length: N }, (_, i) => notice(i))));
+    await until(() => calls === N, 2000, "the first connection's tasks");
+    for (let c = 1; c < 5; c++) conns[c]!.socket.write(Buffer.concat(Array.from({ length: N }, (_, i) => notice(c * 100 + i))));
+    await sleep(50);
+    expect(calls).toBe(N);
+    answer(N); // room for all: one pass lets the four others go
+    await until(() => calls >= 2 * N, 2000, 'a second connection read');
+    await sleep(100);
+    // One of them read its chunk and reached the limit; the three others were held before reading theirs.
+    expect(calls).toBe(2 * N);
+    expect(pusher.counters.peakPipelinedTotal).toBe(N);
+    while (calls < 5 * N || held.length > 0) {
+      answer(held.length);
+      await sleep(10);
+    }
+    for (const c of conns) expect(await c.waitReplies(N, 5000)).toEqual(Array(N).fill(0));
   });
 
   it('port-wide limit: held connections that have nothing to send when let go do not keep a later one waiting', async () => {
