@@ -7,6 +7,7 @@ import { RedisOfflineStore, type RedisOfflineStoreOptions } from '../../../lib/r
 import { RedisPushRouter } from '../../../lib/redis/redis-push-router.js';
 import { OfflineStoreFullError, type StoreDrop } from '../../../lib/store/offline-store.js';
 import { startRedis, type TestRedis } from '../../helpers/redis-server.js';
+import { describeOfflineStoreContract } from '../store/offline-store.contract.js';
 
 let redis: TestRedis;
 const clients: Redis[] = [];
@@ -41,7 +42,14 @@ function client(): Redis {
 
 const uuid = () => randomBytes(16).toString('hex');
 
-describe('RedisOfflineStore: the store contract on a real Redis', () => {
+// The semantics every store shares, as the memory and LMDB stores run them. Limits and
+// stats are Redis's own (maxmemory, INFO), so the suite's limit cases are not part of it.
+const contractStore = (retention?: RedisOfflineStoreOptions['messageRetention']) =>
+  new RedisOfflineStore({ redis: createRedisClient(redis.url), ownsClient: true, keyPrefix: `c${randomBytes(3).toString('hex')}:`, messageRetention: retention });
+describeOfflineStoreContract('RedisOfflineStore', () => contractStore(), { localAccounting: false });
+describeOfflineStoreContract('RedisOfflineStore (queue of 1)', () => contractStore({ queue: 1, ttlMs: 3_600_000 }), { localAccounting: false });
+
+describe('RedisOfflineStore on a real Redis: its own cases', () => {
   it('notice: a flag with a version; an ack of an older version keeps the newer one', async () => {
     const s = await store();
     const u = uuid();
