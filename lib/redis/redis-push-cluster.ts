@@ -119,6 +119,12 @@ const MAX_FORWARD_TARGETS = 16;
  *   connection comes back after an outage (route changes that happened while
  *   Redis was down would otherwise be lost).
  *
+ * The delivery does not carry the push: the holder reads it back from the
+ * store. Versions come from each node's own counter, so they do not order
+ * pushes from different nodes, and a holder sending what a delivery carried
+ * could not tell a late delivery from a newer one (a device would be sent an
+ * older message after a newer one). The store read always finds the latest.
+ *
  * Pub/sub is at-most-once: a delivery lost with a dying node or a Redis
  * outage surfaces as the origin's `timeout` (`node-unresponsive`), and the
  * push stays pending in the store for the device's next heartbeat.
