@@ -14,6 +14,8 @@
 //    from send() to the acked outcome (store write, route lookup, PUBLISH, B's
 //    store read + transmit, device ack, B's store ack, PUBLISH back), p50/p99;
 //    and the same for devices on A itself, for comparison.
+//    Baseline of the same run: the same hops with bare ioredis and a TCP echo
+//    "device", each party its own process (see rawChain), and the ratio.
 // 3. Redis commands per push: INFO commandstats delta over the 2-node run,
 //    divided by the acked pushes (registry ticks included: ~1/s per node).
 //
@@ -34,6 +36,9 @@ const NODE_MAIN = join(root, 'test/fixtures/cluster-node/main.mjs');
 const CLIENT_COMMANDS = new Set(['evalsha', 'eval', 'publish', 'hgetall', 'del', 'zrem', 'dbsize', 'ping', 'subscribe', 'unsubscribe', 'quit', 'client', 'select', 'hello', 'script']);
 
 if (process.argv[2] === '--device-sim') await deviceSim();
+else if (process.argv[2] === '--raw-device') rawDevice();
+else if (process.argv[2] === '--raw-holder') await rawHolder(process.argv[3], process.argv[4], Number(process.argv[5]));
+else if (process.argv[2] === '--raw-origin') await rawOrigin(process.argv[3], process.argv[4]);
 else await main();
 
 // ------------------------------------------------------------------ main
@@ -128,6 +133,15 @@ async function main() {
         results.latency = { crossNode: summary(cross.ms, cross.statuses), local: summary(local.ms, local.statuses) };
         console.log(`cross-node push -> acked outcome: p50 ${results.latency.crossNode.p50} ms, p99 ${results.latency.crossNode.p99} ms (${JSON.stringify(cross.statuses)})`);
         console.log(`same-node push  -> acked outcome: p50 ${results.latency.local.p50} ms, p99 ${results.latency.local.p99} ms`);
+        // Baseline of the same run: the cross-node path's hops without nest-push.
+        const raw = await rawChain(redis.url, children, 1000);
+        results.latency.rawChain = summary(raw, {});
+        const x = results.latency.crossNode;
+        const r = results.latency.rawChain;
+        console.log(
+          `raw chain (same hops, bare ioredis + a TCP echo device): p50 ${r.p50} ms, p99 ${r.p99} ms; ` +
+            `cross-node / raw: p50 ${(x.p50 / r.p50).toFixed(2)}x, p99 ${(x.p99 / r.p99).toFixed(2)}x`,
+        );
       }
       sim.child.kill('SIGKILL');
       await Promise.all(nodes.map((n) => n.close()));
@@ -190,6 +204,93 @@ function diffStats(a, b) {
     if (d > 0 && k !== 'info') out[k] = d;
   }
   return out;
+}
+
+// ------------------------------------------------------ raw chain baseline
+//
+// The hops of a cross-node push with nothing of nest-push in them, each party
+// in its own process like the nodes and the devices: the origin writes the
+// device's hash (HSET) and PUBLISHes to the holder; the holder reads it back
+// (HGETALL), writes it to a TCP "device" that echoes it at once, writes the
+// ack (HDEL) and PUBLISHes back to the origin. What this machine's loopback,
+// Redis and process wake-ups cost for that path, measured in the same run.
+
+async function rawChain(url, children, n) {
+  const spawnRaw = (args) => {
+    const child = fork(fileURLToPath(import.meta.url), args, { cwd: root, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    children.push(child);
+    return new Promise((resolve, reject) => {
+      child.once('exit', (code) => reject(new Error(`raw ${args[0]} exited (${code})`)));
+      child.once('message', (m) => resolve({ child, m }));
+    });
+  };
+  const tag = `raw${process.pid}`;
+  const device = await spawnRaw(['--raw-device']);
+  const holder = await spawnRaw(['--raw-holder', url, tag, String(device.m.port)]);
+  const origin = fork(fileURLToPath(import.meta.url), ['--raw-origin', url, tag], { cwd: root, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  children.push(origin);
+  const ms = await new Promise((resolve, reject) => {
+    origin.once('exit', (code) => reject(new Error(`raw origin exited (${code})`)));
+    origin.once('message', (m) => (m.ready ? origin.send({ n }) : null));
+    origin.on('message', (m) => m.ms && resolve(m.ms));
+  });
+  for (const c of [origin, holder.child, device.child]) c.kill('SIGKILL');
+  return ms;
+}
+
+function rawDevice() {
+  const server = createServer((sock) => {
+    sock.setNoDelay(true);
+    sock.on('data', (chunk) => sock.write(chunk));
+  });
+  server.listen(0, '127.0.0.1', () => process.send({ port: server.address().port }));
+  process.on('disconnect', () => process.exit(0));
+}
+
+async function rawHolder(url, tag, devicePort) {
+  const { Redis } = await import('ioredis');
+  const cmd = new Redis(url);
+  const sub = new Redis(url);
+  const { connect } = await import('node:net');
+  const dev = connect({ port: devicePort, host: '127.0.0.1', noDelay: true });
+  await new Promise((r) => dev.once('connect', r));
+  dev.on('data', async (chunk) => {
+    const id = chunk.toString();
+    await cmd.hdel(`${tag}:{${id}}`, 'm');
+    cmd.publish(`${tag}:A`, id);
+  });
+  sub.on('message', async (_channel, id) => {
+    await cmd.hgetall(`${tag}:{${id}}`);
+    dev.write(id);
+  });
+  await sub.subscribe(`${tag}:B`);
+  process.send({ ready: true });
+  process.on('disconnect', () => process.exit(0));
+}
+
+async function rawOrigin(url, tag) {
+  const { Redis } = await import('ioredis');
+  const cmd = new Redis(url);
+  const sub = new Redis(url);
+  let wake = () => {};
+  sub.on('message', () => wake());
+  await sub.subscribe(`${tag}:A`);
+  process.once('message', async ({ n }) => {
+    const payload = Buffer.alloc(100, 7);
+    const ms = [];
+    for (let i = 0; i < n + 100; i++) {
+      const id = `d${i % 200}`;
+      const t = performance.now();
+      await cmd.hset(`${tag}:{${id}}`, 'm', payload);
+      const back = new Promise((r) => (wake = r));
+      cmd.publish(`${tag}:B`, id);
+      await back;
+      if (i >= 100) ms.push(performance.now() - t); // the first 100 warm up, as for the nodes
+    }
+    process.send({ ms });
+  });
+  process.send({ ready: true });
+  process.on('disconnect', () => process.exit(0));
 }
 
 // ------------------------------------------------------------ processes
