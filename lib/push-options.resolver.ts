@@ -18,6 +18,7 @@ const KNOWN = new Set([
   'send',
   'store',
   'router',
+  'tags',
   'cluster',
 ]);
 
@@ -99,6 +100,10 @@ export function validatePushModuleOptions(options: PushModuleOptions): PushModul
   const router = options.router;
   if (router !== undefined && typeof router !== 'function' && typeof router !== 'object') {
     throw new PushConfigError('router', 'expected a PushRouter class or instance');
+  }
+  const tags = options.tags;
+  if (tags !== undefined && (tags === null || (typeof tags !== 'function' && typeof tags !== 'object'))) {
+    throw new PushConfigError('tags', 'expected a PushTags class or instance');
   }
   const cluster = options.cluster;
   if (cluster !== undefined) {

@@ -15,6 +15,8 @@ import { PusherTransportStrategy } from './server/pusher-transport.strategy.js';
 import { LmdbOfflineStore } from './store/lmdb-offline-store.js';
 import { MemoryOfflineStore } from './store/memory-offline-store.js';
 import { OfflineStore } from './store/offline-store.js';
+import { MemoryPushTags } from './tags/memory-push-tags.js';
+import { PushTags } from './tags/push-tags.js';
 
 /** Resolved, validated options (the raw ones come from forRoot/forRootAsync). */
 export const PUSH_OPTIONS = Symbol.for('nest-push:options');
@@ -42,6 +44,17 @@ async function createRouter(options: PushModuleOptions, moduleRef: ModuleRef): P
   if (r instanceof PushRouter) return r;
   if (typeof r === 'function') return moduleRef.create(r);
   return new LocalPushRouter();
+}
+
+async function createTags(options: PushModuleOptions, moduleRef: ModuleRef): Promise<PushTags> {
+  const t = options.tags;
+  let tags: PushTags;
+  if (t instanceof PushTags) tags = t;
+  else if (typeof t === 'function') tags = await moduleRef.create(t);
+  // In a cluster the tags are shared, or a tag set through one node would be missed by a broadcast from another.
+  else tags = (await options.cluster?.createTags?.(nodeIdOf(options))) ?? new MemoryPushTags(options.send?.maxTagEntries ?? 1_000_000);
+  await tags.open();
+  return tags;
 }
 
 function nodeIdOf(options: PushModuleOptions): string {
@@ -88,6 +101,8 @@ const providers: Provider[] = [
   },
   { provide: OfflineStore, useFactory: createStore, inject: [PUSH_OPTIONS, ModuleRef] },
   { provide: PushRouter, useFactory: createRouter, inject: [PUSH_OPTIONS, ModuleRef] },
+  // After the store: the cluster plugin's tags share the store's connection.
+  { provide: PushTags, useFactory: createTags, inject: [PUSH_OPTIONS, ModuleRef, OfflineStore] },
   {
     provide: DeviceEngine,
     useFactory: (options: PushModuleOptions, store: OfflineStore, router: PushRouter) => {
@@ -145,6 +160,6 @@ const providers: Provider[] = [
 @Module({
   imports: [DiscoveryModule],
   providers,
-  exports: [PushService, OfflineStore, PushRouter, PushCluster, DeviceEngine, PushDispatcher, DeviceTransportStrategy, PusherTransportStrategy, PUSH_OPTIONS],
+  exports: [PushService, OfflineStore, PushRouter, PushTags, PushCluster, DeviceEngine, PushDispatcher, DeviceTransportStrategy, PusherTransportStrategy, PUSH_OPTIONS],
 })
 export class PushModule extends PushConfigurableModule {}

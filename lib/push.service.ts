@@ -12,7 +12,7 @@ import type { PushPayload, PushRequest } from './interfaces/push-request.interfa
 import { normalizeUuid, uuidFromKey } from './protocol/uuid.util.js';
 import { PUSH_MODULE_OPTIONS } from './push.module-definition.js';
 import { OfflineStore, type OfflineStoreStats, type PendingWrite } from './store/offline-store.js';
-import { TagIndex } from './dispatch/tag-index.js';
+import { PushTags } from './tags/push-tags.js';
 
 /** `PushService.stats()`. */
 export interface PushStats {
@@ -24,6 +24,7 @@ export interface PushStats {
   outcomes: PushDispatcher['counters'];
   engine: DeviceEngine['counters'];
   store: OfflineStoreStats;
+  /** Tag memberships held (-1: kept in a shared server, not counted here). */
   tags: number;
 }
 
@@ -48,7 +49,6 @@ const BROADCAST_BATCH = 1024;
 @Injectable()
 export class PushService {
   private readonly limiter: RateLimiter;
-  private readonly tags: TagIndex;
   private readonly maxContentLength: number;
 
   constructor(
@@ -57,9 +57,9 @@ export class PushService {
     private readonly store: OfflineStore,
     @Inject(PUSH_MODULE_OPTIONS) options: PushModuleOptions,
     @Inject(PushCluster) private readonly cluster: PushCluster | null,
+    private readonly tags: PushTags,
   ) {
     this.limiter = new RateLimiter(options.send?.broadcastRate ?? 3000);
-    this.tags = new TagIndex(options.send?.maxTagEntries ?? 1_000_000);
     this.maxContentLength = engine.options.maxContentLength;
   }
 
@@ -129,17 +129,23 @@ export class PushService {
     return lastValueFrom(this.send(request).pipe(toArray()));
   }
 
-  /** Adds server-side tags to a device, for tag-filtered broadcasts. */
-  tag(uuid: string | Uint8Array, tags: readonly string[]): void {
-    this.tags.add(normalizeUuid(uuid), tags);
+  /**
+   * Adds server-side tags to a device, for tag-filtered broadcasts. In a
+   * cluster they are shared (Redis), so a broadcast from any node finds them.
+   * Rejects with `TagLimitError` (adding none) when a limit would be passed,
+   * or with the store's error when Redis is unreachable; safe to retry.
+   */
+  async tag(uuid: string | Uint8Array, tags: readonly string[]): Promise<void> {
+    await this.tags.add(normalizeUuid(uuid), tags);
   }
 
-  /** Removes tags from a device (all of them when `tags` is omitted). */
-  untag(uuid: string | Uint8Array, tags?: readonly string[]): void {
-    this.tags.remove(normalizeUuid(uuid), tags);
+  /** Removes tags from a device (all of them when `tags` is omitted). Safe to retry. */
+  async untag(uuid: string | Uint8Array, tags?: readonly string[]): Promise<void> {
+    await this.tags.remove(normalizeUuid(uuid), tags);
   }
 
-  tagsOf(uuid: string | Uint8Array): string[] {
+  /** The device's tags. */
+  tagsOf(uuid: string | Uint8Array): Promise<string[]> {
     return this.tags.tagsOf(normalizeUuid(uuid));
   }
 
@@ -228,8 +234,8 @@ export class PushService {
   ): AsyncIterable<string> {
     const keep = (uuid: string) => !predicate || predicate(uuid);
     if (tags && tags.length > 0) {
-      // Tag sets are bounded by maxTagEntries; walk them instead of the whole table.
-      for (const uuid of this.tags.members(tags)) {
+      // Walk the tags' members (read a page at a time) instead of the whole table.
+      for await (const uuid of this.tags.members(tags)) {
         if (signal.aborted) return;
         if (!keep(uuid)) continue;
         if (this.engine.localRoute(uuid) || (this.cluster && (await this.cluster.locate(uuid).catch(() => null)))) yield uuid;

@@ -70,4 +70,6 @@ export interface PushClusterPlugin {
   createStore(nodeId: string): import('../store/offline-store.js').OfflineStore | Promise<import('../store/offline-store.js').OfflineStore>;
   createRouter(nodeId: string): import('../router/push-router.js').PushRouter | Promise<import('../router/push-router.js').PushRouter>;
   createCluster(context: PushClusterContext): PushCluster | Promise<PushCluster>;
+  /** Tags shared by the cluster's nodes. Without it, each node keeps its own (`MemoryPushTags`). */
+  createTags?(nodeId: string): import('../tags/push-tags.js').PushTags | Promise<import('../tags/push-tags.js').PushTags>;
 }

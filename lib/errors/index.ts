@@ -6,3 +6,4 @@ export * from './pusher-rejected.error.js';
 export * from './pusher-client.error.js';
 export * from './push-failed.error.js';
 export * from './push-request.error.js';
+export * from './tag-limit.error.js';

@@ -8,6 +8,7 @@ import type { PusherTransportOptions } from '../server/pusher-transport.strategy
 import type { LmdbOfflineStoreOptions } from '../store/lmdb-offline-store.js';
 import type { MemoryOfflineStoreOptions } from '../store/memory-offline-store.js';
 import type { OfflineStore } from '../store/offline-store.js';
+import type { PushTags } from '../tags/push-tags.js';
 
 /** Which offline store to use. */
 export type PushStoreOption =
@@ -31,13 +32,19 @@ export interface PushModuleOptions extends DeviceEngineOptions {
   send?: PushDispatcherOptions & {
     /** Broadcast pushes per second on this node (mpush's default). Default 3000. */
     broadcastRate?: number;
-    /** Tag memberships held at most (`PushService.tag`). Default 1,000,000. */
+    /** Tag memberships held at most by the default in-process tags (`MemoryPushTags`). Default 1,000,000. */
     maxTagEntries?: number;
   };
   /** Offline store. Default: LMDB under `./.nest-push`, durable (`'lmdb'`). */
   store?: PushStoreOption;
   /** Router. Default: `LocalPushRouter` (single node). A class is instantiated with DI. */
   router?: Type<PushRouter> | PushRouter;
+  /**
+   * Device tags for tag-filtered broadcasts. Default: the cluster plugin's
+   * shared tags (`RedisPushTags` with `redisCluster()`), else `MemoryPushTags`
+   * bounded by `send.maxTagEntries`. A class is instantiated with DI.
+   */
+  tags?: Type<PushTags> | PushTags;
   /**
    * Cluster mode: e.g. `redisCluster({ url, keyPrefix })` from `nest-push/redis`.
    * It supplies the shared store and router (so `store`/`router` must be unset)

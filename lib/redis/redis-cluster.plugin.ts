@@ -5,6 +5,7 @@ import { createRedisClient, DEFAULT_KEY_PREFIX } from './redis-connection.js';
 import { type MessageRetention, RedisOfflineStore, validateRetention } from './redis-offline-store.js';
 import { RedisPushCluster } from './redis-push-cluster.js';
 import { RedisPushRouter } from './redis-push-router.js';
+import { RedisPushTags } from './redis-push-tags.js';
 
 /** Options of `redisCluster()`: the one block that puts a node in a Redis cluster. */
 export interface RedisClusterOptions {
@@ -30,6 +31,8 @@ export interface RedisClusterOptions {
   nodeTimeoutMs?: number;
   /** How long a holder forwards sent/ack events to a push's origin. Default 60 s (keep it above your push timeouts). */
   forwardTtlMs?: number;
+  /** Tags one device may carry (`PushService.tag`; the tags are shared by every node). Default 256. */
+  maxTagsPerDevice?: number;
 }
 
 const KNOWN: Record<keyof RedisClusterOptions, true> = {
@@ -42,6 +45,7 @@ const KNOWN: Record<keyof RedisClusterOptions, true> = {
   heartbeatMs: true,
   nodeTimeoutMs: true,
   forwardTtlMs: true,
+  maxTagsPerDevice: true,
 };
 
 /** The `redisCluster()` plugin, with the parts it created (for tests and metrics). */
@@ -66,8 +70,8 @@ function positive(name: string, v: unknown): void {
  * ```
  *
  * Pending pushes go to a `RedisOfflineStore`, routes to a `RedisPushRouter`,
- * and a `RedisPushCluster` links the node to its peers. One connection
- * carries the commands of all three; a second one (a duplicate) subscribes to
+ * device tags to `RedisPushTags`, and a `RedisPushCluster` links the node to
+ * its peers. One connection carries the commands of all four; a second one (a duplicate) subscribes to
  * this node's gateway channel. Sharing the keys lets the store read the
  * device's route in each write (`readRoutes`): a push costs one script, plus
  * one PUBLISH when another node holds the device. ioredis is an optional peer
@@ -83,6 +87,9 @@ export function redisCluster(options: RedisClusterOptions = {}): RedisClusterPlu
   if (options.keyPrefix !== undefined && /[{}]/.test(options.keyPrefix)) throw new PushConfigError('cluster.keyPrefix', 'must not contain { or } (the keys hash-tag the device uuid)');
   if (options.messageRetention !== undefined) validateRetention(options.messageRetention, 'cluster.messageRetention');
   for (const k of ['ttlMs', 'routeTtlMs', 'heartbeatMs', 'nodeTimeoutMs', 'forwardTtlMs'] as const) positive(k, options[k]);
+  if (options.maxTagsPerDevice !== undefined && (!Number.isInteger(options.maxTagsPerDevice) || options.maxTagsPerDevice < 1)) {
+    throw new PushConfigError('cluster.maxTagsPerDevice', `expected an integer >= 1, got ${String(options.maxTagsPerDevice)}`);
+  }
   if ((options.redis as { keyPrefix?: unknown } | undefined)?.keyPrefix !== undefined) {
     throw new PushConfigError('cluster.redis.keyPrefix', "use redisCluster({ keyPrefix }) instead: it also names the pub/sub channels, which ioredis' keyPrefix does not prefix");
   }
@@ -106,6 +113,9 @@ export function redisCluster(options: RedisClusterOptions = {}): RedisClusterPlu
     },
     createRouter(nodeId: string) {
       return new RedisPushRouter({ redis: connection(), nodeId, keyPrefix, routeTtlMs: options.routeTtlMs });
+    },
+    createTags() {
+      return new RedisPushTags({ redis: connection(), keyPrefix, maxTagsPerDevice: options.maxTagsPerDevice });
     },
     async createCluster(ctx: PushClusterContext) {
       // A wrapping plugin may pair this store with another router: its routes are not in our keys then.

@@ -101,8 +101,8 @@ export async function closeClient(client: Redis): Promise<void> {
   clearTimeout(timer);
 }
 
-/** Key of one device's pending hash / queue / route: hash-tagged by uuid so they share a cluster slot. */
-export function deviceKey(prefix: string, uuid: string, suffix: 'p' | 'q' | 'r'): string {
+/** Key of one device's pending hash / queue / route / tag set: hash-tagged by uuid so they share a cluster slot. */
+export function deviceKey(prefix: string, uuid: string, suffix: 'p' | 'q' | 'r' | 't'): string {
   return `${prefix}{${uuid}}:${suffix}`;
 }
 

@@ -192,6 +192,22 @@ table.insert(live, 1, now)
 return live
 `;
 
+/**
+ * KEYS: a device's tag set. ARGV: maxTags, then the tags to add.
+ * Adds them all, or none when the set would pass maxTags. Returns the number
+ * added, or -1 when over the limit.
+ */
+const TAGS_ADD = `
+local max = tonumber(ARGV[1])
+local fresh = {}
+for i = 2, #ARGV do
+  if redis.call('SISMEMBER', KEYS[1], ARGV[i]) == 0 then fresh[#fresh + 1] = ARGV[i] end
+end
+if #fresh == 0 then return 0 end
+if redis.call('SCARD', KEYS[1]) + #fresh > max then return -1 end
+return redis.call('SADD', KEYS[1], unpack(fresh))
+`;
+
 const SCRIPTS = {
   npStoreWrite: { lua: WRITE, numberOfKeys: 2 },
   // The same script with the route key: one SHA, a fixed key count per command.
@@ -204,6 +220,7 @@ const SCRIPTS = {
   npRouteRefresh: { lua: ROUTE_REFRESH, numberOfKeys: 1 },
   npRouteDelete: { lua: ROUTE_DELETE, numberOfKeys: 1 },
   npRegistryTick: { lua: REGISTRY_TICK, numberOfKeys: 1 },
+  npTagsAdd: { lua: TAGS_ADD, numberOfKeys: 1 },
 } as const;
 
 type Arg = string | Buffer | number;
@@ -221,6 +238,7 @@ export interface NestPushScripts {
   npRouteRefresh(r: string, ...argv: Arg[]): Promise<number>;
   npRouteDelete(r: string, ...argv: Arg[]): Promise<number>;
   npRegistryTick(z: string, ...argv: Arg[]): Promise<(string | number)[]>;
+  npTagsAdd(t: string, ...argv: Arg[]): Promise<number>;
 }
 
 export type ScriptedRedis = Redis & NestPushScripts;

@@ -136,6 +136,25 @@ describe('cluster: three node processes on one Redis', () => {
     expect(gots.map((g) => g.length)).toEqual([1, 1, 1]);
   });
 
+  it('tags are shared: tagged through B, a tag-filtered broadcast from A reaches the tagged devices on every node', async () => {
+    const ds = [device(nodes.A, 'e2e-tag-a'), device(nodes.B, 'e2e-tag-b', 'udp'), device(nodes.C, 'e2e-tag-c'), device(nodes.C, 'e2e-tag-plain')];
+    const gots = ds.map((d) => received(d, 'message'));
+    for (const [i, d] of ds.entries()) await register(d, [nodes.A, nodes.B, nodes.C, nodes.C][i]!);
+    const [a, b, c] = ds;
+    await nodes.B.tag(a!.uuid, ['e2e-vip']);
+    await nodes.B.tag(c!.uuid, ['e2e-vip', 'e2e-beta']);
+    await nodes.C.tag(b!.uuid, ['e2e-beta']);
+    expect((await nodes.A.tagsOf(c!.uuid)).sort()).toEqual(['e2e-beta', 'e2e-vip']);
+    const vip = await nodes.A.push({ broadcast: { tags: ['e2e-vip'] }, kind: 'message', content: 'vip' });
+    expect(vip.map((o) => `${o.uuid}@${o.node}:${o.status}`).sort()).toEqual([`${a!.uuid}@A:success`, `${c!.uuid}@C:success`].sort());
+    const either = await nodes.A.push({ broadcast: { tags: ['e2e-vip', 'e2e-beta'] }, kind: 'message', content: 'either' });
+    expect(either.map((o) => o.uuid).sort()).toEqual([a!.uuid, b!.uuid, c!.uuid].sort());
+    await nodes.C.untag(c!.uuid, ['e2e-vip']);
+    const after = await nodes.B.push({ broadcast: { tags: ['e2e-vip'] }, kind: 'message', content: 'after' });
+    expect(after.map((o) => o.uuid)).toEqual([a!.uuid]);
+    expect(gots.map((g) => g.map((m) => m.content.toString()))).toEqual([['vip', 'either', 'after'], ['either'], ['vip', 'either'], []]);
+  });
+
   it('Redis restarted (AOF, appendfsync always): a pending push survives and is delivered', async () => {
     const u = randomBytes(16).toString('hex');
     const [o] = await nodes.A.push({ uuid: u, kind: 'message', content: 'survives a Redis restart' });

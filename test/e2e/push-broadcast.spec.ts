@@ -15,10 +15,10 @@ describe('PushService.send({ broadcast })', () => {
     const t = await h.start(pushAppModule());
     const [a, b, c, plain] = await devicesOf(t, 4);
     const away = uid(); // tagged, never connected
-    t.push.tag(a!.uuid, ['vip']);
-    t.push.tag(b!.uuid, ['vip', 'beta']);
-    t.push.tag(c!.uuid, ['beta']);
-    t.push.tag(away, ['vip']);
+    await t.push.tag(a!.uuid, ['vip']);
+    await t.push.tag(b!.uuid, ['vip', 'beta']);
+    await t.push.tag(c!.uuid, ['beta']);
+    await t.push.tag(away, ['vip']);
 
     const vip = await t.push.push({ broadcast: { tags: ['vip'] }, kind: 'message', content: 'vip only' });
     expect(uuidsOf(vip)).toEqual(sorted(a!, b!));
@@ -30,7 +30,7 @@ describe('PushService.send({ broadcast })', () => {
     const either = await t.push.push({ broadcast: { tags: ['vip', 'beta'] }, kind: 'notice' });
     expect(uuidsOf(either)).toEqual(sorted(a!, b!, c!)); // b carries both tags, gets it once
 
-    t.push.untag(b!.uuid, ['vip']);
+    await t.push.untag(b!.uuid, ['vip']);
     const after = await t.push.push({ broadcast: { tags: ['vip'] }, kind: 'notice' });
     expect(uuidsOf(after)).toEqual(sorted(a!));
 
@@ -47,8 +47,8 @@ describe('PushService.send({ broadcast })', () => {
     expect(uuidsOf(picked)).toEqual(sorted(a!, d!));
     expect(texts(b!)).toEqual([]);
 
-    t.push.tag(b!.uuid, ['beta']);
-    t.push.tag(c!.uuid, ['beta']);
+    await t.push.tag(b!.uuid, ['beta']);
+    await t.push.tag(c!.uuid, ['beta']);
     const both = await t.push.push({ broadcast: { tags: ['beta'], filter: (u) => u !== b!.uuid }, kind: 'notice' });
     expect(uuidsOf(both)).toEqual(sorted(c!));
 

@@ -139,6 +139,7 @@ describe('invalid options fail at startup with a PushConfigError naming the opti
     ['a port-wide pipelining limit of 0', { pusher: { maxPipelinedTotal: 0 } }, 'pusher.maxPipelinedTotal'],
     ['a device port out of range', { device: { port: 70_000 } }, 'device.port'],
     ['an unknown store type', { store: { type: 'redis' } }, 'store.type'],
+    ['tags that are not a PushTags class or instance', { tags: 42 }, 'tags'],
   ];
 
   it.each(cases)('%s', async (_label, bad, option) => {

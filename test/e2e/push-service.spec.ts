@@ -416,9 +416,9 @@ describe('PushService.inspect() and stats()', () => {
     expect(itc!.pending!.messageVersion).toBeGreaterThan(0);
     expect(await t.push.inspect(ghost)).toMatchObject({ online: false, reachable: false, transport: null, address: null, port: null, pending: { category: 6n } });
 
-    t.push.tag(u.uuid, ['news', 'sport']);
-    t.push.tag(tc.uuid, ['news']);
-    expect(t.push.tagsOf(u.uuid).sort()).toEqual(['news', 'sport']);
+    await t.push.tag(u.uuid, ['news', 'sport']);
+    await t.push.tag(tc.uuid, ['news']);
+    expect((await t.push.tagsOf(u.uuid)).sort()).toEqual(['news', 'sport']);
 
     const s = t.push.stats();
     expect(s).toMatchObject({
@@ -436,7 +436,7 @@ describe('PushService.inspect() and stats()', () => {
     expect(s.engine.online).toBe(2);
     expect(s.store.bytes).toBe(4);
 
-    t.push.untag(u.uuid);
+    await t.push.untag(u.uuid);
     expect(t.push.stats().tags).toBe(1);
   });
 });
