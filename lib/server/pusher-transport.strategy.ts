@@ -184,12 +184,20 @@ const WRITE_BACKLOG_LIMIT = 64 * 1024;
 const PENDING = -1;
 
 /**
+ * Replies ready but held, at most, while more of the connection's tasks wait
+ * in the intake queue (see `settle`): one write per this many at least.
+ */
+const REPLY_BATCH = 64;
+
+/**
  * One pusher connection: decodes tasks, submits them, and writes one reply
  * byte per task in task order, whatever order the submits settle in.
  *
  * Replies live in a FIFO of slots (`codes[seq - base]`); a settled submit fills
  * its slot and the ready prefix is written in one batch on the next tick, so a
- * burst of pipelined tasks costs one socket write, not one per task.
+ * burst of pipelined tasks costs one socket write, not one per task. While the
+ * intake paces a burst over several turns, its replies wait for the last of it
+ * (or REPLY_BATCH of them), for the same reason.
  */
 class PusherConnection implements PusherTaskSink, IntakeQueue, BudgetReader {
   readonly decoder: PusherTaskStreamDecoder;
@@ -345,7 +353,14 @@ class PusherConnection implements PusherTaskSink, IntakeQueue, BudgetReader {
     // A submitter calling back twice must not rewrite an answer.
     if (i < this.head || this.codes[i] !== PENDING) return;
     this.codes[i] = code;
-    if (i === this.head) this.scheduleFlush();
+    if (this.codes[this.head] === PENDING) return;
+    // While more of this connection's tasks wait in the intake queue (paced
+    // against the device port, they go a few per turn), their replies come in
+    // the next turns: writing each turn's few would cost a syscall per few
+    // tasks here and in the client, which then sends its next tasks in as many
+    // small writes. They go out together once the queue is drained, or every
+    // REPLY_BATCH. A client that waits for each reply has nothing queued.
+    if (!this.hasQueued || i - this.head >= REPLY_BATCH) this.scheduleFlush();
   }
 
   private scheduleFlush(): void {
@@ -363,7 +378,8 @@ class PusherConnection implements PusherTaskSink, IntakeQueue, BudgetReader {
     let end = this.head;
     while (end < codes.length && codes[end] !== PENDING) end++;
     const n = end - this.head;
-    if (n > 0) {
+    // Scheduled while a read was still being decoded: its later tasks may now wait in the queue (see `settle`).
+    if (n > 0 && (!this.hasQueued || n >= REPLY_BATCH)) {
       const out = Buffer.allocUnsafe(n);
       for (let i = 0; i < n; i++) out[i] = codes[this.head + i]!;
       this.head = end;

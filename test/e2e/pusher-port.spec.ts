@@ -284,6 +284,34 @@ describe('pusher port (TCP 9999): protocol.md section 5', () => {
     expect(Math.max(...middle) - Math.min(...middle)).toBeLessThanOrEqual(10);
   });
 
+  it('intake: replies to tasks paced over many turns go out together once the queue drains, and at least every 64', async () => {
+    const turns = countTurns();
+    let lastSubmitTurn = 0;
+    const sub: PushSubmitter = {
+      submit: (_u, _w, _s, done) => {
+        lastSubmitTurn = turns.now;
+        done(null);
+      },
+    };
+    const pusher = await startPusherOnly(sub, { tasksPerTurn: 4, maxPipelined: 10_000 });
+    cleanup.push(() => pusher.close());
+    pusher.paceWith(() => turns.now); // a busy device port: 4 tasks per turn
+    const c = await raw(pusher.port);
+    // 32 tasks over 8 turns: one write of 32 replies, not one per turn.
+    await c.write(Buffer.concat(Array.from({ length: 32 }, () => notice(1))));
+    expect(await c.waitReplies(32)).toEqual(Array(32).fill(0));
+    expect(c.chunks).toBe(1);
+    // 200 tasks over 50 turns: replies are not held until the last one; a write at least every 64.
+    let firstReplyTurn = 0;
+    c.socket.once('data', () => (firstReplyTurn = turns.now));
+    await c.write(Buffer.concat(Array.from({ length: 200 }, () => notice(2))));
+    expect(await c.waitReplies(232)).toEqual(Array(232).fill(0));
+    expect(firstReplyTurn).toBeGreaterThan(0);
+    expect(firstReplyTurn).toBeLessThan(lastSubmitTurn);
+    expect(c.chunks - 1).toBeGreaterThanOrEqual(3);
+    expect(c.chunks - 1).toBeLessThanOrEqual(5);
+  });
+
   it('intake: after a poll phase that read a full batch of datagrams (the device port is behind), a turn takes an eighth of tasksPerTurn', async () => {
     const turns = countTurns();
     // The device port's running count of datagrams: 40 more per turn (libuv reads at most 32 per poll

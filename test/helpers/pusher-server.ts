@@ -42,12 +42,15 @@ export async function startPusherOnly(submitter: PushSubmitter, options: PusherT
  */
 export class RawPusherConnection {
   readonly replies: number[] = [];
+  /** Reads that brought reply bytes (a server write usually arrives as one). */
+  chunks = 0;
   closed = false;
   private waiters: (() => void)[] = [];
 
   private constructor(readonly socket: Socket) {
     socket.on('data', (chunk: Buffer) => {
       for (const b of chunk) this.replies.push(b);
+      this.chunks++;
       this.wake();
     });
     socket.on('error', () => {});
