@@ -402,7 +402,7 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
 
   /** Ids are reused after expiry: check the record still belongs to `uuid` after an await. */
   private sameRecord(id: number, uuid: string): boolean {
-    return this.table.isUsed(id) && this.table.uuidHex(id) === uuid;
+    return this.table.isUsed(id) && this.table.hexEquals(id, uuid);
   }
 
   private applyPending(id: number, state: PendingState | null): void {

@@ -158,6 +158,22 @@ export class DeviceTable {
     return uuidToHex(this.keys, id * UUID_LENGTH);
   }
 
+  /**
+   * Whether record `id` holds the uuid `hex` (32 lowercase hex characters),
+   * compared byte by byte: `uuidHex(id) === hex` without building a string
+   * (the engine checks this in every store callback).
+   */
+  hexEquals(id: number, hex: string): boolean {
+    if (hex.length !== UUID_LENGTH * 2) return false;
+    const keys = this.keys;
+    const base = id * UUID_LENGTH;
+    for (let i = 0; i < UUID_LENGTH; i++) {
+      const b = keys[base + i]!;
+      if (hex.charCodeAt(2 * i) !== HEX_CODES[b >> 4] || hex.charCodeAt(2 * i + 1) !== HEX_CODES[b & 15]) return false;
+    }
+    return true;
+  }
+
   uuidBytes(id: number): Buffer {
     return Buffer.from(this.keys.subarray(id * UUID_LENGTH, (id + 1) * UUID_LENGTH));
   }
@@ -223,6 +239,9 @@ function nextPow2(n: number): number {
   while (p < n) p *= 2;
   return p;
 }
+
+/** Char codes of the lowercase hex digits. */
+const HEX_CODES = Uint8Array.from('0123456789abcdef', (c) => c.charCodeAt(0));
 
 // Devices choose their own uuids, so a hash over part of the key, or an
 // unseeded one, would let a client craft colliding uuids and turn every probe

@@ -52,6 +52,16 @@ describe('DeviceTable', () => {
     frame.fill(0);
     expect(t.uuidHex(id)).toBe('00112233445566778899aabbccddeeff');
     expect(t.find(frame, 3)).toBe(-1);
+    // hexEquals: the same answer as comparing uuidHex, without the string.
+    expect(t.hexEquals(id, '00112233445566778899aabbccddeeff')).toBe(true);
+    for (let i = 0; i < 32; i++) {
+      const hex = '00112233445566778899aabbccddeeff';
+      const flipped = hex.slice(0, i) + (hex[i] === 'f' ? 'e' : 'f') + hex.slice(i + 1);
+      expect(t.hexEquals(id, flipped)).toBe(false);
+    }
+    expect(t.hexEquals(id, '00112233445566778899AABBCCDDEEFF')).toBe(false); // keys are lowercase hex, as uuidHex gives them
+    expect(t.hexEquals(id, '00112233445566778899aabbccddeef')).toBe(false);
+    expect(t.hexEquals(id, '00112233445566778899aabbccddeeff0')).toBe(false);
 
     // A one-byte difference anywhere is a different key.
     for (let i = 0; i < 16; i++) {
