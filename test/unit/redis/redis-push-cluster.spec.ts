@@ -370,9 +370,10 @@ describe.each([
     const c = await node(p, 'C');
     const d = await device(b.port, 'two-origins', 'tcp');
     await online(b, d);
+    // A generous timeout: the whole unit suite runs in parallel on 2 cores, and this checks routing, not speed.
     const outcomes = await Promise.all([
-      a.dispatcher.dispatch(d.uuid, { kind: 'notice' }, { source: 'service' }),
-      c.dispatcher.dispatch(d.uuid, { kind: 'category', mask: 2n }, { source: 'service' }),
+      a.dispatcher.dispatch(d.uuid, { kind: 'notice' }, { source: 'service', timeoutMs: 5000 }),
+      c.dispatcher.dispatch(d.uuid, { kind: 'category', mask: 2n }, { source: 'service', timeoutMs: 5000 }),
     ]);
     expect(outcomes.map((o) => `${o.status}@${o.node}`)).toEqual(['success@B', 'success@B']);
   });
