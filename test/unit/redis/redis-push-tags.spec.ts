@@ -1,38 +1,25 @@
 import { randomBytes } from 'node:crypto';
-import type { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { TagLimitError } from '../../../lib/errors/tag-limit.error.js';
 import { PushConfigError } from '../../../lib/errors/push-config.error.js';
+import { TagLimitError } from '../../../lib/errors/tag-limit.error.js';
 import { redisCluster } from '../../../lib/redis/redis-cluster.plugin.js';
 import { createRedisClient } from '../../../lib/redis/redis-connection.js';
 import { RedisPushTags, type RedisPushTagsOptions } from '../../../lib/redis/redis-push-tags.js';
-import { startRedis, type TestRedis } from '../../helpers/redis-server.js';
+import { useRedisServer } from '../../helpers/redis-server.js';
 import { describePushTagsContract } from '../tags/push-tags.contract.js';
 
-let redis: TestRedis;
-const clients: Redis[] = [];
-
-beforeAll(async () => {
-  redis = await startRedis();
-});
-afterAll(async () => {
-  await redis?.dispose();
-});
-const disconnectAll = async () => {
-  for (const c of clients.splice(0)) c.disconnect();
-};
-afterEach(disconnectAll);
+const server = useRedisServer({ beforeAll, afterAll, afterEach });
 
 /** Tags on a connection of their own (a "node"); nodes given the same prefix share them. */
-async function tags(options: Partial<RedisPushTagsOptions> = {}, keyPrefix = `g${randomBytes(3).toString('hex')}:`): Promise<RedisPushTags> {
-  const client = createRedisClient(redis.url);
-  clients.push(client);
+async function tags(options: Partial<RedisPushTagsOptions> = {}, keyPrefix = `g${randomBytes(3).toString('hex')}:`) {
+  const client = createRedisClient(server.redis.url);
+  server.cleanup.push(() => client.disconnect());
   const t = new RedisPushTags({ redis: client, keyPrefix, ...options });
   await t.open();
-  return t;
+  return Object.assign(t, { client });
 }
 
-describePushTagsContract('RedisPushTags', ({ pageSize }) => tags({ pageSize }), disconnectAll);
+describePushTagsContract('RedisPushTags', ({ pageSize }) => tags({ pageSize }));
 
 const uuid = () => randomBytes(16).toString('hex');
 async function all(it: AsyncIterable<string>): Promise<string[]> {
@@ -43,7 +30,7 @@ async function all(it: AsyncIterable<string>): Promise<string[]> {
 
 describe('RedisPushTags', () => {
   it('redisCluster() supplies them (maxTagsPerDevice passed on) and refuses a bad maxTagsPerDevice at once', async () => {
-    const plugin = redisCluster({ url: redis.url, keyPrefix: 'p:', maxTagsPerDevice: 7 });
+    const plugin = redisCluster({ url: server.redis.url, keyPrefix: 'p:', maxTagsPerDevice: 7 });
     const made = await plugin.createTags!('n1');
     expect(made).toBeInstanceOf(RedisPushTags);
     expect((made as RedisPushTags).maxTagsPerDevice).toBe(7);
@@ -92,8 +79,7 @@ describe('RedisPushTags', () => {
     const t = await tags({}, prefix);
     const u = uuid();
     const lost = await tags({}, prefix);
-    const dead = clients.at(-1)!;
-    dead.disconnect();
+    lost.client.disconnect();
     await expect(lost.add(u, ['x'])).rejects.toThrow();
     await expect(lost.remove(u)).rejects.toThrow();
     await t.add(u, ['x']);
