@@ -8,7 +8,7 @@ export class TagLimitError extends RangeError {
     super(
       limit === 'send.maxTagEntries'
         ? `Tag index is full (${max} memberships, option send.maxTagEntries); untag devices or raise the limit`
-        : `A device may carry at most ${max} tags (option maxTagsPerDevice of the Redis tags); untag some first`,
+        : `A device may carry at most ${max} tags (redisCluster option maxTagsPerDevice); untag some first or raise it`,
     );
     this.name = 'TagLimitError';
   }
