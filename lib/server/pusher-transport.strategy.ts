@@ -185,7 +185,7 @@ const PENDING = -1;
 
 /**
  * Replies ready but held, at most, while more of the connection's tasks wait
- * in the intake queue (see `settle`): one write per this many at least.
+ * in the intake queue (see `flush`): one write per this many at least.
  */
 const REPLY_BATCH = 64;
 
@@ -353,14 +353,8 @@ class PusherConnection implements PusherTaskSink, IntakeQueue, BudgetReader {
     // A submitter calling back twice must not rewrite an answer.
     if (i < this.head || this.codes[i] !== PENDING) return;
     this.codes[i] = code;
-    if (this.codes[this.head] === PENDING) return;
-    // While more of this connection's tasks wait in the intake queue (paced
-    // against the device port, they go a few per turn), their replies come in
-    // the next turns: writing each turn's few would cost a syscall per few
-    // tasks here and in the client, which then sends its next tasks in as many
-    // small writes. They go out together once the queue is drained, or every
-    // REPLY_BATCH. A client that waits for each reply has nothing queued.
-    if (!this.hasQueued || i - this.head >= REPLY_BATCH) this.scheduleFlush();
+    // `flush` decides whether the ready prefix goes out now (see there).
+    if (this.codes[this.head] !== PENDING) this.scheduleFlush();
   }
 
   private scheduleFlush(): void {
@@ -378,7 +372,13 @@ class PusherConnection implements PusherTaskSink, IntakeQueue, BudgetReader {
     let end = this.head;
     while (end < codes.length && codes[end] !== PENDING) end++;
     const n = end - this.head;
-    // Scheduled while a read was still being decoded: its later tasks may now wait in the queue (see `settle`).
+    // While more of this connection's tasks wait in the intake queue (paced
+    // against the device port, they go a few per turn), their replies come in
+    // the next turns: writing each turn's few would cost a syscall per few
+    // tasks here and in the client, which then sends its next tasks in as many
+    // small writes. They go out together once the queue is drained (the last
+    // task's settle schedules this again), or every REPLY_BATCH. A client that
+    // waits for each reply has nothing queued.
     if (n > 0 && (!this.hasQueued || n >= REPLY_BATCH)) {
       const out = Buffer.allocUnsafe(n);
       for (let i = 0; i < n; i++) out[i] = codes[this.head + i]!;
