@@ -52,6 +52,70 @@ export function encodeLogValue(items: readonly LogItem[]): Buffer {
 }
 
 /**
+ * Builds one log value item by item, each encoded when it is added: the store
+ * adds a device when an operation has just changed it, while its state (and
+ * the message just copied into it) is still in the CPU cache, rather than
+ * walking thousands of cold entries at the end of the turn. The bytes equal
+ * `encodeLogValue` of the same items.
+ *
+ * The buffer starts at `sizeHint` bytes (the store passes the previous
+ * value's size: consecutive turns under load are alike) and doubles when an
+ * item does not fit; it is bounded by what one event turn changes.
+ */
+export class LogValueBuilder {
+  private buf: Buffer;
+  private view: DataView;
+  private used = 1;
+  /** Items added. */
+  count = 0;
+
+  constructor(sizeHint: number) {
+    this.buf = Buffer.allocUnsafeSlow(Math.max(256, sizeHint));
+    this.view = new DataView(this.buf.buffer, this.buf.byteOffset, this.buf.byteLength);
+    this.buf[0] = LOG_FORMAT;
+  }
+
+  /** Appends the state of one device (a later item for the same key wins on replay). */
+  add(key: Uint8Array, rec: DeviceRecord | null): void {
+    const o = this.used;
+    const need = PER_DEVICE + (rec ? recordSize(rec) : 0);
+    if (o + need > this.buf.length) this.grow(o + need);
+    const b = this.buf;
+    const v = this.view;
+    b.set(key, o);
+    if (rec) {
+      const start = o + PER_DEVICE;
+      const end = encodeRecordInto(rec, b, start, v);
+      v.setUint32(o + 16, end - start);
+      this.used = end;
+    } else {
+      v.setUint32(o + 16, REMOVED);
+      this.used = o + PER_DEVICE;
+    }
+    this.count++;
+  }
+
+  /** Bytes of the value so far. */
+  get byteLength(): number {
+    return this.used;
+  }
+
+  /** The value (a view of the builder's buffer: add nothing after this). */
+  finish(): Buffer {
+    return this.buf.subarray(0, this.used);
+  }
+
+  private grow(min: number): void {
+    let size = this.buf.length * 2;
+    while (size < min) size *= 2;
+    const next = Buffer.allocUnsafeSlow(size);
+    next.set(this.buf.subarray(0, this.used));
+    this.buf = next;
+    this.view = new DataView(next.buffer, next.byteOffset, next.byteLength);
+  }
+}
+
+/**
  * Calls `visit` with each device state of a log value, in order: the 16-byte
  * key (a view: copy it to keep it) and the record bytes (a view), or null when
  * the device was removed. Throws `RecordFormatError` on a damaged value; every

@@ -5,7 +5,7 @@ import { PushConfigError } from '../errors/push-config.error.js';
 import { InvalidUuidError, isLowerUuidHex } from '../protocol/uuid.util.js';
 import { checkLmdbDataFile } from './lmdb-file.check.js';
 import { OfflineStoreOpenError, OfflineStoreUnavailableError } from './lmdb-errors.js';
-import { encodeLogValue, readLogValue } from './lmdb-log.codec.js';
+import { LogValueBuilder, readLogValue } from './lmdb-log.codec.js';
 import {
   decodeRecord,
   decodeState,
@@ -111,6 +111,8 @@ interface Entry {
   gen: number;
   /** The checkpoint epoch whose list holds it. */
   ck: number;
+  /** The last batch in which it changed again after its first change (it is logged once more at the end of that turn). */
+  relog: number;
   /** In `entries` (a record read without caching is not, until an operation changes it). */
   live: boolean;
 }
@@ -122,8 +124,13 @@ interface Entry {
  */
 interface Batch {
   gen: number;
-  /** Entries changed in this batch, each once (their newest state is logged at the end of the turn). */
-  dirty: Entry[];
+  /**
+   * This turn's log value: each device is encoded when it first changes in
+   * the turn, while it is hot in the CPU cache.
+   */
+  log: LogValueBuilder;
+  /** Entries that changed again after their first change in this turn: logged once more, with their final state, when it ends. */
+  again: Entry[];
   /** This batch's transaction is a checkpoint (it writes device records and removes the log). */
   checkpoint: boolean;
   drops: StoreDrop[];
@@ -160,7 +167,9 @@ function positiveInt(option: string, v: unknown, fallback: number, min = 1): num
  * consult first. lmdb-js commits every write queued in one event turn in one
  * transaction; at the end of the turn (its `beforecommit` hook) the store
  * appends one log value with the newest state of each device changed in the
- * turn, plus the store-wide state record (last version, bytes). So all writes
+ * turn (encoded when the device first changes, while it is hot in the CPU
+ * cache, and once more at the end if it changed again), plus the store-wide
+ * state record (last version, bytes). So all writes
  * of a turn share one commit (group commit) and one LMDB put, however many
  * writers and devices there are, and a crash always leaves the state record
  * consistent with the log.
@@ -228,6 +237,8 @@ export class LmdbOfflineStore extends OfflineStore {
   /** Log keys written since the last checkpoint, and their bytes. */
   private logKeys: number[] = [];
   private logBytes = 0;
+  /** Size of the last log value: the next turn's buffer starts a quarter above it (turns under load are alike; growing copies). */
+  private lastLogBytes = 0;
   private lastCheckpoint = 0;
   /** The next batch is a checkpoint whatever its size. */
   private checkpointWanted = false;
@@ -616,7 +627,7 @@ export class LmdbOfflineStore extends OfflineStore {
       } catch {
         continue; // left alone: operations on it report the damage
       }
-      if (this.isDue(rec, now)) due.push({ id, key: Buffer.from(last), rec, gen: 0, ck: 0, live: false });
+      if (this.isDue(rec, now)) due.push({ id, key: Buffer.from(last), rec, gen: 0, ck: 0, relog: 0, live: false });
     }
     this.sweepCursor = seen < budget ? undefined : Buffer.from(last);
     if (this.sweepCkEpoch !== this.ckEpoch) {
@@ -703,7 +714,7 @@ export class LmdbOfflineStore extends OfflineStore {
     if (!devices) throw new OfflineStoreUnavailableError('LmdbOfflineStore is not open: call open() first (PushModule does it at startup)');
     const key = Buffer.from(id, 'hex');
     const b = devices.getBinaryFast(key);
-    const fresh: Entry = { id, key, rec: b ? decodeRecord(b) : null, gen: 0, ck: 0, live: cache };
+    const fresh: Entry = { id, key, rec: b ? decodeRecord(b) : null, gen: 0, ck: 0, relog: 0, live: cache };
     if (cache) {
       this.entries.set(id, fresh);
       // Past the cache and the pinned entries: have the next checkpoint trim it.
@@ -788,7 +799,11 @@ export class LmdbOfflineStore extends OfflineStore {
     }
     if (e.gen !== b.gen) {
       e.gen = b.gen;
-      b.dirty.push(e);
+      b.log.add(e.key, rec);
+    } else if (e.relog !== b.gen) {
+      // Changed again in this turn: its final state is logged at the end, once, however often it changes.
+      e.relog = b.gen;
+      b.again.push(e);
     }
     if (e.ck !== this.ckEpoch) {
       e.ck = this.ckEpoch;
@@ -807,7 +822,7 @@ export class LmdbOfflineStore extends OfflineStore {
     const committed = new Promise<void>((resolve, reject) => (settle = (err) => (err === undefined ? resolve() : reject(err))));
     // Operations may attach to it or not; it must never surface as an unhandled rejection.
     committed.catch(noop);
-    const b: Batch = { gen: ++this.gen, dirty: [], checkpoint: false, drops: [], committed, settle, writers: [], ackers: [] };
+    const b: Batch = { gen: ++this.gen, log: new LogValueBuilder(this.lastLogBytes + (this.lastLogBytes >> 2)), again: [], checkpoint: false, drops: [], committed, settle, writers: [], ackers: [] };
     this.batch = b;
     this.inflight++;
     return b;
@@ -857,8 +872,10 @@ export class LmdbOfflineStore extends OfflineStore {
         this.logBytes = 0;
         this.checkpointWanted = false;
         this.lastCheckpoint = Date.now();
-      } else if (b.dirty.length > 0) {
-        const value = encodeLogValue(b.dirty);
+      } else if (b.log.count > 0) {
+        for (const e of b.again) b.log.add(e.key, e.rec);
+        const value = b.log.finish();
+        this.lastLogBytes = value.length;
         void log.put(b.gen, value);
         this.logKeys.push(b.gen);
         this.logBytes += value.length;

@@ -499,6 +499,34 @@ describe('LmdbOfflineStore', () => {
       expect((await second.write(a, msg('a3'))).version).toBeGreaterThan(a2.version);
     });
 
+    it('a device changed again later in the turn of its first change is logged with its final state', async () => {
+      const live = await open({ checkpointIntervalMs: 3_600_000 });
+      const [u, other] = [uuid(), uuid()];
+      const first = await live.write(u, msg('base'));
+      await live.write(u, { kind: 'notice' });
+      const n = (await live.read(u))!.notice;
+      // One turn: u is logged when it first changes (the ack), then changes three more times.
+      await Promise.all([
+        live.ackMessage(u, first.version),
+        live.write(other, msg('o')),
+        live.write(u, msg('x')),
+        live.write(u, { kind: 'category', mask: 6n }),
+        live.ackNotice(u, n),
+        live.write(u, msg('y')),
+      ]);
+      const copy = newDir();
+      cpSync(live.path, copy, { recursive: true });
+      const recovered = new LmdbOfflineStore({ path: copy });
+      await recovered.open();
+      stores.push(recovered);
+      const state = await recovered.read(u);
+      expect(state).toEqual(await live.read(u));
+      expect(state).toMatchObject({ notice: 0, category: 6n });
+      expect(state?.message?.toString()).toBe('y');
+      expect((await recovered.read(other))?.message?.toString()).toBe('o');
+      expect(recovered.stats()).toEqual(live.stats());
+    });
+
     it('randomised: after any mix of operations, checkpoints and cache evictions, a crash image reopens to exactly the live state', async () => {
       let seed = 0x5eed1234;
       const rnd = (n: number) => {
