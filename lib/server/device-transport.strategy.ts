@@ -1,5 +1,6 @@
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { lookup as dnsLookup } from 'node:dns';
+import { UdpOutbox } from './udp-outbox.js';
 import { EventEmitter } from 'node:events';
 import { createServer, isIP, type Server as NetServer, type Socket } from 'node:net';
 import { BaseRpcContext } from '@nestjs/microservices';
@@ -149,7 +150,7 @@ export class DeviceTransportStrategy extends PushTransportServer<DeviceTransport
       }
     }
     // The callback is what reports a failed send (Node emits no 'error' for it).
-    this.engine.attachUdp(this.udp ? { send: (frame, p, address) => this.udp!.send(frame, p, address, this.onSendDone) } : undefined);
+    this.engine.attachUdp(this.udp ? this.outbox : undefined);
     this.engine.start();
     // Idleness is judged on the frames the device sends (heartbeats), not on
     // what we write to it (socket.setTimeout would count our pushes as
@@ -174,6 +175,8 @@ export class DeviceTransportStrategy extends PushTransportServer<DeviceTransport
   private readonly onSendDone = (err: Error | null): void => {
     if (err) this.counters.sendErrors++;
   };
+  /** Pushes leave in bursts, at the end of the callback that produced them (see `UdpOutbox`). */
+  private readonly outbox = new UdpOutbox(() => this.udp, this.onSendDone);
 
   private startTcp(host: string, port: number): Promise<number> {
     const server = createServer({ noDelay: true, pauseOnConnect: false }, (socket) => this.onConnection(socket));
@@ -199,8 +202,17 @@ export class DeviceTransportStrategy extends PushTransportServer<DeviceTransport
     socket.on('message', (msg, rinfo) => {
       this.counters.datagrams++;
       const r = decodeClientFrame(msg, this.frame);
-      if (typeof r === 'string') this.engine.countDrop(r);
-      else this.engine.handleUdp(r, rinfo.address, rinfo.port);
+      if (typeof r === 'string') {
+        this.engine.countDrop(r);
+        return;
+      }
+      const outbox = this.outbox;
+      outbox.direct = true;
+      try {
+        this.engine.handleUdp(r, rinfo.address, rinfo.port);
+      } finally {
+        outbox.direct = false;
+      }
     });
     // An ICMP-unreachable or a send error must never take the server down.
     socket.on('error', this.onSocketError);
@@ -296,6 +308,8 @@ export class DeviceTransportStrategy extends PushTransportServer<DeviceTransport
   }
 
   private async closeSockets(): Promise<void> {
+    // What this callback queued still leaves (a push accepted just before close is sent, not lost in the queue).
+    this.outbox.flush();
     const udp = this.udp;
     const tcp = this.tcp;
     this.udp = undefined;

@@ -1,0 +1,83 @@
+import type { Socket as UdpSocket } from 'node:dgram';
+
+/**
+ * Datagrams to devices, sent together at the end of the current event-loop
+ * callback (a `process.nextTick`), in the order they were queued.
+ *
+ * Why: the engine sends a push while it handles the task, between the store
+ * write and the outcome tracking of every other task of the same pusher read.
+ * Sent one by one, interleaved with that work, each datagram is likely to
+ * find its receiver asleep and pay for waking it (on a VM, an inter-processor
+ * interrupt each), and a device process then wakes for every datagram. Sent
+ * back to back, the first wakes the receiver and the rest find it running.
+ * The delay is the rest of the callback (a few hundred µs at most), and
+ * nothing waits on the send itself: a failed send only counts (`onSendDone`).
+ *
+ * Bounded: at `max` queued datagrams the queue is sent at once, so one long
+ * callback (a pusher read of thousands of tasks) holds at most `max` frames.
+ */
+export class UdpOutbox {
+  private frames: Buffer[] = [];
+  private ports: number[] = [];
+  private addresses: string[] = [];
+  private scheduled = false;
+  private readonly flushTick = (): void => {
+    this.scheduled = false;
+    this.flush();
+  };
+
+  constructor(
+    private readonly socket: () => UdpSocket | undefined,
+    private readonly onSendDone: (err: Error | null) => void,
+    readonly max = 64,
+  ) {}
+
+  /**
+   * Set while the device port handles one incoming datagram: what it sends
+   * then (a heartbeat's echo, a pending push re-sent) is all that callback
+   * sends, so it goes at once rather than paying for a deferred flush.
+   */
+  direct = false;
+
+  /** Queues one datagram; it leaves with the others at the end of this callback (or now, when `max` are queued, or `direct`). */
+  send(frame: Buffer, port: number, address: string): void {
+    if (this.direct && this.frames.length === 0) {
+      this.sendOne(frame, port, address, this.socket());
+      return;
+    }
+    const n = this.frames.push(frame);
+    this.ports.push(port);
+    this.addresses.push(address);
+    if (n >= this.max) this.flush();
+    else if (!this.scheduled) {
+      this.scheduled = true;
+      process.nextTick(this.flushTick);
+    }
+  }
+
+  /** Datagrams queued and not sent yet. */
+  get size(): number {
+    return this.frames.length;
+  }
+
+  /** Sends everything queued, in order. A closed socket fails each send through `onSendDone`. */
+  flush(): void {
+    const n = this.frames.length;
+    if (n === 0) return;
+    const { frames, ports, addresses } = this;
+    this.frames = [];
+    this.ports = [];
+    this.addresses = [];
+    const socket = this.socket();
+    for (let i = 0; i < n; i++) this.sendOne(frames[i]!, ports[i]!, addresses[i]!, socket);
+  }
+
+  private sendOne(frame: Buffer, port: number, address: string, socket: UdpSocket | undefined): void {
+    try {
+      if (!socket) throw new Error('the device UDP socket is closed');
+      socket.send(frame, port, address, this.onSendDone);
+    } catch (err) {
+      this.onSendDone(err as Error);
+    }
+  }
+}
