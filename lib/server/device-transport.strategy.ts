@@ -1,11 +1,11 @@
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { lookup as dnsLookup } from 'node:dns';
-import { UdpOutbox } from './udp-outbox.js';
 import { EventEmitter } from 'node:events';
 import { createServer, isIP, type Server as NetServer, type Socket } from 'node:net';
 import { BaseRpcContext } from '@nestjs/microservices';
 import { Subscription } from 'rxjs';
 import { PushTransportServer } from './push-transport.server.js';
+import { UdpOutbox } from './udp-outbox.js';
 import type { DeviceEngine, DeviceLink } from '../device/device-engine.js';
 import type { DeviceEvent } from '../device/device-event.interface.js';
 import { PushConfigError } from '../errors/push-config.error.js';

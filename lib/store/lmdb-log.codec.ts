@@ -30,25 +30,9 @@ export interface LogItem {
 export function encodeLogValue(items: readonly LogItem[]): Buffer {
   let size = 1;
   for (const it of items) size += PER_DEVICE + (it.rec ? recordSize(it.rec) : 0);
-  // One buffer per turn, kept by lmdb-js until the commit.
-  const b = Buffer.allocUnsafe(size);
-  const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
-  b[0] = LOG_FORMAT;
-  let o = 1;
-  for (let i = 0; i < items.length; i++) {
-    const it = items[i]!;
-    b.set(it.key, o);
-    if (it.rec) {
-      const start = o + PER_DEVICE;
-      const end = encodeRecordInto(it.rec, b, start, v);
-      v.setUint32(o + 16, end - start);
-      o = end;
-    } else {
-      v.setUint32(o + 16, REMOVED);
-      o += PER_DEVICE;
-    }
-  }
-  return b;
+  const b = new LogValueBuilder(size);
+  for (const it of items) b.add(it.key, it.rec);
+  return b.finish();
 }
 
 /**

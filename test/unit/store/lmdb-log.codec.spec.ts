@@ -15,16 +15,24 @@ function record(i: number): DeviceRecord | null {
 }
 
 describe('LogValueBuilder', () => {
-  it('builds the same bytes as encodeLogValue, growing from a small start, removed devices included', () => {
+  it('holds every state added, in order, whatever its starting size (it grows), removed devices included', () => {
     const items = Array.from({ length: 200 }, (_, i) => ({ key: key(i), rec: record(i) }));
-    for (const hint of [0, 100, 1 << 20]) {
+    const exact = 1 + items.reduce((n, it) => n + 20 + (it.rec ? 28 + it.rec.messages.reduce((m, x) => m + 14 + x.content.length, 0) : 0), 0);
+    const values: Buffer[] = [];
+    for (const hint of [0, 100, exact, 1 << 20]) {
       const b = new LogValueBuilder(hint);
       for (const it of items) b.add(it.key, it.rec);
       expect(b.count).toBe(items.length);
       const value = b.finish();
-      expect(b.byteLength).toBe(value.length);
-      expect(value.equals(encodeLogValue(items))).toBe(true);
+      expect(value.length).toBe(exact);
+      expect(b.byteLength).toBe(exact);
+      const back: { key: Buffer; rec: DeviceRecord | null }[] = [];
+      readLogValue(value, (k, r) => back.push({ key: Buffer.from(k), rec: r ? decodeRecord(r) : null }));
+      expect(back).toEqual(items);
+      values.push(value);
     }
+    for (const v of values) expect(v.equals(values[0]!)).toBe(true);
+    expect(encodeLogValue(items).equals(values[0]!)).toBe(true);
   });
 
   it('an empty builder is a valid log value with no device; a later item for a key follows the earlier one', () => {
