@@ -79,11 +79,6 @@ export class LogValueBuilder {
     this.count++;
   }
 
-  /** Bytes of the value so far. */
-  get byteLength(): number {
-    return this.used;
-  }
-
   /** The value (a view of the builder's buffer: add nothing after this). */
   finish(): Buffer {
     return this.buf.subarray(0, this.used);
