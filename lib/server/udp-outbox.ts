@@ -17,9 +17,10 @@ import type { Socket as UdpSocket } from 'node:dgram';
  * callback (a pusher read of thousands of tasks) holds at most `max` frames.
  */
 export class UdpOutbox {
-  private frames: Buffer[] = [];
-  private ports: number[] = [];
-  private addresses: string[] = [];
+  // Reused from burst to burst: the push path allocates no queue per burst.
+  private readonly frames: Buffer[] = [];
+  private readonly ports: number[] = [];
+  private readonly addresses: string[] = [];
   private scheduled = false;
   private readonly flushTick = (): void => {
     this.scheduled = false;
@@ -65,11 +66,15 @@ export class UdpOutbox {
     const n = this.frames.length;
     if (n === 0) return;
     const { frames, ports, addresses } = this;
-    this.frames = [];
-    this.ports = [];
-    this.addresses = [];
     const socket = this.socket();
     for (let i = 0; i < n; i++) this.sendOne(frames[i]!, ports[i]!, addresses[i]!, socket);
+    // Anything a send callback queued meanwhile stays, in order, for the next flush.
+    frames.copyWithin(0, n);
+    ports.copyWithin(0, n);
+    addresses.copyWithin(0, n);
+    frames.length -= n;
+    ports.length -= n;
+    addresses.length -= n;
   }
 
   private sendOne(frame: Buffer, port: number, address: string, socket: UdpSocket | undefined): void {

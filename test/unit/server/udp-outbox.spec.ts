@@ -104,3 +104,32 @@ describe('UdpOutbox, direct', () => {
     expect(device.received).toEqual(['first', 'second']);
   });
 });
+
+describe('UdpOutbox, reuse', () => {
+  it('a datagram queued by a send callback during a flush is kept, in order, for the next flush', async () => {
+    const device = await bound();
+    const server = await bound();
+    let socket: Socket | undefined;
+    let requeued = false;
+    const out: UdpOutbox = new UdpOutbox(
+      () => socket,
+      (err) => {
+        // The first flush has no socket: its failure callback queues a retry while the flush runs.
+        if (err && !requeued) {
+          requeued = true;
+          out.send(Buffer.from('retry'), device.port, '127.0.0.1');
+        }
+      },
+      64,
+    );
+    out.send(Buffer.from('lost'), device.port, '127.0.0.1');
+    out.flush();
+    expect(out.size).toBe(1);
+    socket = server.socket;
+    out.send(Buffer.from('next'), device.port, '127.0.0.1');
+    out.flush();
+    expect(out.size).toBe(0);
+    await until(() => device.received.length === 2);
+    expect(device.received).toEqual(['retry', 'next']);
+  });
+});
