@@ -39,7 +39,12 @@ export abstract class LengthFramedDecoder<E extends string> {
    * `skip` body bytes and goes on with the next frame.
    */
   protected abstract inspect(buf: Uint8Array, offset: number): number | HeaderRefusal<E>;
-  protected abstract emit(buf: Buffer, offset: number, bodyLength: number): void;
+  /**
+   * A whole frame at `offset` in `buf`. `inChunk`: `buf` is the chunk passed
+   * to `write` (the caller's); false when it is the decoder's scratch, which
+   * the next split frame overwrites (copy what you keep).
+   */
+  protected abstract emit(buf: Buffer, offset: number, bodyLength: number, inChunk: boolean): void;
   protected abstract refuse(reason: E, fatal: boolean): void;
 
   /**
@@ -68,7 +73,7 @@ export abstract class LengthFramedDecoder<E extends string> {
           }
           const total = this.headerLength + body;
           if (n - i >= total) {
-            this.emit(chunk, i, body);
+            this.emit(chunk, i, body, true);
             i += total;
             continue;
           }
@@ -104,7 +109,7 @@ export abstract class LengthFramedDecoder<E extends string> {
         const body = this.bodyLength;
         this.have = 0;
         this.bodyLength = -1;
-        this.emit(this.scratch, 0, body);
+        this.emit(this.scratch, 0, body, false);
       }
     }
     return true;

@@ -12,7 +12,7 @@ import {
 } from './protocol.constants.js';
 import { uuidToHex } from './uuid.util.js';
 
-/** A decoded pusher task (protocol.md section 5). Owns its data: safe to keep. */
+/** A decoded pusher task (protocol.md section 5). Owns its data (unless read as a view: see `readPusherTask`). */
 export interface PusherTask {
   appId: number;
   cmd: PusherCmd;
@@ -20,7 +20,7 @@ export interface PusherTask {
   uuid: string;
   /** 0x11: the categories to add; `0n` otherwise. */
   mask: bigint;
-  /** 0x20: the message (a copy); empty otherwise. */
+  /** 0x20: the message (a copy, or a view when read with `view`); empty otherwise. */
   content: Buffer;
 }
 
@@ -54,8 +54,15 @@ export function inspectPusherHeader(buf: Uint8Array, offset: number, maxContent:
   }
 }
 
-/** Builds a task from a header accepted by `inspectPusherHeader`, copying what it keeps. */
-export function readPusherTask(buf: Uint8Array, offset: number, len: number): PusherTask {
+/**
+ * Builds a task from a header accepted by `inspectPusherHeader`, copying what
+ * it keeps. With `view`, a 0x20 content is a view of `buf` instead, for a
+ * caller whose `buf` is never changed afterwards: the pusher port hands such
+ * views to the store, which makes the one copy it keeps (the LMDB store's is
+ * the log value it writes anyway), so a push costs no buffer allocation of
+ * its own. A view pins all of `buf` while it is held.
+ */
+export function readPusherTask(buf: Uint8Array, offset: number, len: number, view = false): PusherTask {
   const cmd = buf[offset + 2]! as PusherCmd;
   const start = offset + CLIENT_HEADER_LENGTH;
   return {
@@ -63,7 +70,7 @@ export function readPusherTask(buf: Uint8Array, offset: number, len: number): Pu
     cmd,
     uuid: uuidToHex(buf, offset + UUID_OFFSET),
     mask: cmd === PusherCmd.Category ? readMask(buf, start) : 0n,
-    content: cmd === PusherCmd.Message ? ownCopy(buf, start, len) : EMPTY,
+    content: cmd !== PusherCmd.Message ? EMPTY : view ? Buffer.from(buf.buffer, buf.byteOffset + start, len) : ownCopy(buf, start, len),
   };
 }
 const EMPTY = Buffer.alloc(0);

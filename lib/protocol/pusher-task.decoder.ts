@@ -24,11 +24,20 @@ export interface PusherTaskSink {
  * reads, bounded memory. A task whose content exceeds `maxContent` is refused
  * and its body discarded as it streams by (never buffered), so one oversized
  * task does not cost the connection.
+ *
+ * With `stableChunks`, the content of a task that lies whole in one chunk is
+ * a view of that chunk rather than a copy (see `readPusherTask`).
  */
 export class PusherTaskStreamDecoder extends LengthFramedDecoder<PusherTaskError> {
   constructor(
     private readonly sink: PusherTaskSink,
     private readonly maxContent = DEFAULT_MAX_CONTENT_LENGTH,
+    /**
+     * The chunks passed to `write` are never changed afterwards (Node's socket
+     * chunks are not reused): whole tasks' content may then be views of them.
+     * Default false: every task owns a copy of its content.
+     */
+    private readonly stableChunks = false,
   ) {
     if (!Number.isInteger(maxContent) || maxContent < 1 || maxContent > MAX_U16) {
       throw new RangeError(`maxContent must be an integer in 1..${MAX_U16}, got ${maxContent}`);
@@ -45,8 +54,8 @@ export class PusherTaskStreamDecoder extends LengthFramedDecoder<PusherTaskError
     return { reason: r, fatal, skip };
   }
 
-  protected emit(buf: Buffer, offset: number, bodyLength: number): void {
-    this.sink.task(readPusherTask(buf, offset, bodyLength));
+  protected emit(buf: Buffer, offset: number, bodyLength: number, inChunk: boolean): void {
+    this.sink.task(readPusherTask(buf, offset, bodyLength, inChunk && this.stableChunks));
   }
 
   protected refuse(reason: PusherTaskError, fatal: boolean): void {

@@ -240,7 +240,8 @@ class PusherConnection implements PusherTaskSink, IntakeQueue, BudgetReader {
   ) {
     this.address = socket.remoteAddress ?? '';
     this.port = socket.remotePort ?? 0;
-    this.decoder = new PusherTaskStreamDecoder(this, maxContent);
+    // Socket chunks are never reused: a task's content is a view of its chunk until the store copies it.
+    this.decoder = new PusherTaskStreamDecoder(this, maxContent, true);
   }
 
   /** Tasks read whose reply byte is not written yet. */

@@ -1,4 +1,4 @@
-import { decodeRecord, type DeviceRecord, encodeRecordInto, RecordFormatError, recordSize } from './lmdb-record.codec.js';
+import { adoptContents, decodeRecord, type DeviceRecord, encodeRecordInto, RecordFormatError, recordSize } from './lmdb-record.codec.js';
 
 /**
  * Log values of the LMDB offline store: one value per event turn that changed
@@ -26,7 +26,7 @@ export interface LogItem {
   rec: DeviceRecord | null;
 }
 
-/** One log value holding the given states, in order (a later item for the same key wins on replay). */
+/** One log value holding the given states, in order (a later item for the same key wins on replay); adopts like `LogValueBuilder.add`. */
 export function encodeLogValue(items: readonly LogItem[]): Buffer {
   let size = 1;
   for (const it of items) size += PER_DEVICE + (it.rec ? recordSize(it.rec) : 0);
@@ -45,6 +45,11 @@ export function encodeLogValue(items: readonly LogItem[]): Buffer {
  * The buffer starts at `sizeHint` bytes (the store passes the previous
  * value's size: consecutive turns under load are alike) and doubles when an
  * item does not fit; it is bounded by what one event turn changes.
+ *
+ * `add` adopts: the record's message contents become views of the bytes it
+ * just wrote (see `adoptContents`), so the store keeps no other copy of a
+ * pushed message. The buffer (and one it outgrew) then lives as long as such
+ * a view: until the device changes again or the next checkpoint re-homes it.
  */
 export class LogValueBuilder {
   private buf: Buffer;
@@ -59,7 +64,7 @@ export class LogValueBuilder {
     this.buf[0] = LOG_FORMAT;
   }
 
-  /** Appends the state of one device (a later item for the same key wins on replay). */
+  /** Appends the state of one device (a later item for the same key wins on replay); its contents become views of the value. */
   add(key: Uint8Array, rec: DeviceRecord | null): void {
     const o = this.used;
     const need = PER_DEVICE + (rec ? recordSize(rec) : 0);
@@ -70,6 +75,7 @@ export class LogValueBuilder {
     if (rec) {
       const start = o + PER_DEVICE;
       const end = encodeRecordInto(rec, b, start, v);
+      adoptContents(rec, b, start);
       v.setUint32(o + 16, end - start);
       this.used = end;
     } else {

@@ -32,7 +32,6 @@ import {
   asError,
 } from './offline-store.js';
 import { CLEARED, CLEARED_MORE, NOT_PENDING, OTHER_PENDING } from './ack-results.js';
-import { ownBuffer } from './own-buffer.util.js';
 import { VersionCounter } from './version-counter.js';
 
 /**
@@ -89,6 +88,11 @@ export interface LmdbOfflineStoreOptions {
    * the devices changed since the previous one into their records and removes the log, in one
    * transaction. Period of the checkpoint, in ms. A crash loses nothing either way: startup replays
    * the log. Default 1,000.
+   *
+   * Memory: a message is kept in memory as a view of the bytes the store wrote for it, the log
+   * value of its turn until the next checkpoint, then its device's record value (no buffer is
+   * allocated per push). So between checkpoints the log values written since the previous one
+   * stay in memory (at most about the log's size, which a checkpoint bounds at 64 MiB).
    */
   checkpointIntervalMs?: number;
   /**
@@ -455,8 +459,11 @@ export class LmdbOfflineStore extends OfflineStore {
           result = { kind: 'category', version, replaced: 0, mask: rec.category, head: true };
           break;
         case 'message': {
-          // Kept decoded in memory after the commit: a buffer of its own.
-          const content = ownBuffer(push.content);
+          // Not copied here: logging the device, below or at the end of this turn, moves the
+          // content into the log value (a checkpoint, into the device's record value), and
+          // the kept message is a view of those bytes: no buffer is allocated per push, and
+          // nothing keeps the caller's buffer (a pusher connection's read chunk) past this turn.
+          const content = push.content;
           const expiresAt = this.queueMode ? now + this.queueTtlMs : 0;
           if (head) {
             head.version = version;
@@ -861,7 +868,9 @@ export class LmdbOfflineStore extends OfflineStore {
         // The device records take the state of every device changed since the last checkpoint,
         // this turn included, so the log (this turn's part too) is not needed any more.
         for (const e of this.ckList) {
-          if (e.rec) void devices.put(e.key, encodeRecord(e.rec));
+          // Adopting: the device's kept messages move from log values into its own record value,
+          // so the log values of the turns since the previous checkpoint can be freed.
+          if (e.rec) void devices.put(e.key, encodeRecord(e.rec, true));
           else devices.remove(e.key).catch(noop);
         }
         for (const k of this.logKeys) log.remove(k).catch(noop);

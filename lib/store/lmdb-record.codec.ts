@@ -70,11 +70,37 @@ export function recordSize(r: DeviceRecord): number {
   return size;
 }
 
-export function encodeRecord(r: DeviceRecord): Buffer {
-  // A fresh buffer per record: lmdb-js keeps a pointer to it until the commit.
-  const b = Buffer.allocUnsafe(recordSize(r));
+/**
+ * A record's value, in a fresh buffer (lmdb-js keeps a pointer to it until
+ * the commit). With `adopt`, the record's message contents then become views
+ * of that buffer (see `adoptContents`), which is then exact-size and its own.
+ */
+export function encodeRecord(r: DeviceRecord, adopt = false): Buffer {
+  const size = recordSize(r);
+  // A record that keeps views of its value must not pin a slab of Node's shared pool.
+  const b = adopt && r.messages.length > 0 ? Buffer.allocUnsafeSlow(size) : Buffer.allocUnsafe(size);
   encodeRecordInto(r, b, 0);
+  if (adopt) adoptContents(r, b, 0);
   return b;
+}
+
+/**
+ * Points the record's message contents at their bytes in `b`, where the
+ * record was just encoded at `o`: the store then keeps the message bytes it
+ * has written (a log value, a record value) instead of a buffer per push, and
+ * drops whatever the contents referenced before (a pusher connection's read
+ * chunk, the caller's buffer).
+ */
+export function adoptContents(r: DeviceRecord, b: Buffer, o: number): void {
+  const messages = r.messages;
+  o += HEADER;
+  for (let i = 0; i < messages.length; i++) {
+    const m = messages[i]!;
+    const start = o + PER_MESSAGE;
+    const end = start + m.content.length;
+    m.content = b.subarray(start, end);
+    o = end;
+  }
 }
 
 /**
@@ -133,8 +159,10 @@ export function recordDueAt(b: Uint8Array, ttlMs: number): number {
 }
 
 /**
- * Decodes a device record. `b` may be a volatile lmdb-js buffer: contents are
- * copied out, nothing keeps a reference to `b`.
+ * Decodes a device record. `b` may be a volatile lmdb-js buffer: nothing
+ * keeps a reference to it. Message contents are views of one exact-size copy
+ * of the record (one allocation however many messages, and no slab of
+ * Node's shared pool pinned by a message kept for hours).
  */
 export function decodeRecord(b: Uint8Array): DeviceRecord {
   if (b.length < HEADER || b[0] !== RECORD_FORMAT) {
@@ -143,13 +171,15 @@ export function decodeRecord(b: Uint8Array): DeviceRecord {
   const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
   const count = v.getUint16(26);
   const messages: StoredMessage[] = new Array(count);
+  let own: Buffer | undefined;
   let o = HEADER;
   for (let i = 0; i < count; i++) {
     if (o + PER_MESSAGE > b.length) throw new RecordFormatError(`device record truncated in message ${i} of ${count}`);
     const len = v.getUint16(o + 12);
     const start = o + PER_MESSAGE;
     if (start + len > b.length) throw new RecordFormatError(`device record truncated in message ${i} of ${count}`);
-    messages[i] = { version: v.getUint32(o), expiresAt: v.getFloat64(o + 4), content: Buffer.from(b.subarray(start, start + len)) };
+    own ??= copyOf(b);
+    messages[i] = { version: v.getUint32(o), expiresAt: v.getFloat64(o + 4), content: own.subarray(start, start + len) };
     o = start + len;
   }
   return {
@@ -159,6 +189,13 @@ export function decodeRecord(b: Uint8Array): DeviceRecord {
     touched: v.getFloat64(18),
     messages,
   };
+}
+
+function copyOf(b: Uint8Array): Buffer {
+  const own = Buffer.allocUnsafeSlow(b.length);
+  // lmdb-js's volatile buffers report the value's size as `length` over a larger array: copy that many bytes.
+  own.set(b.subarray(0, b.length));
+  return own;
 }
 
 /**

@@ -45,6 +45,7 @@ export interface PendingState {
   notice: number;
   category: bigint;
   categoryVersion: number;
+  /** The head message's content: the store's own bytes, possibly a view of a larger buffer it holds; read it, do not change it, copy it to keep it. */
   message: Buffer | null;
   messageVersion: number;
 }

@@ -197,7 +197,7 @@ describe('ClientFrameStreamDecoder', () => {
 
 type PusherEvent = { task: PusherTask } | { malformed: PusherTaskError; fatal: boolean };
 
-function pusherHarness(maxContent?: number) {
+function pusherHarness(maxContent?: number, stableChunks?: boolean) {
   const events: PusherEvent[] = [];
   const decoder = new PusherTaskStreamDecoder(
     {
@@ -205,6 +205,7 @@ function pusherHarness(maxContent?: number) {
       malformed: (reason, fatal) => events.push({ malformed: reason, fatal }),
     },
     maxContent,
+    stableChunks,
   );
   return { decoder, events, tasks: () => events.flatMap((e) => ('task' in e ? [e.task] : [])) };
 }
@@ -278,6 +279,33 @@ describe('PusherTaskStreamDecoder', () => {
     h.decoder.write(copy);
     copy.fill(0);
     expect(h.tasks()).toEqual(expected);
+  });
+
+  it('stableChunks: a task whole in a chunk gets a view of it, a split task a copy the next split task cannot overwrite', () => {
+    const h = pusherHarness(undefined, true);
+    // Every message task of the stream, alone in its own chunk, then cut in two chunks.
+    const messages = bytes.filter((b) => b[2] === PusherCmd.Message).slice(0, 20);
+    const chunks = messages.map((b) => Buffer.from(b));
+    for (const c of chunks) h.decoder.write(c);
+    for (const b of messages) feed(h.decoder, [Buffer.from(b.subarray(0, 10)), Buffer.from(b.subarray(10))]);
+    const tasks = h.tasks();
+    expect(tasks).toHaveLength(40);
+    for (const [i, t] of tasks.slice(0, 20).entries()) {
+      // No copy: the content is the chunk's own bytes.
+      expect(t.content.buffer).toBe(chunks[i]!.buffer);
+      expect(t.content).toEqual(messages[i]!.subarray(21));
+    }
+    // Assembled in the decoder's scratch, which every split task reuses: each content must be its own.
+    for (const [i, t] of tasks.slice(20).entries()) {
+      expect(t.content.byteLength).toBe(t.content.buffer.byteLength);
+      expect(t.content).toEqual(messages[i]!.subarray(21));
+    }
+    // Without the option (the default) every task owns its content.
+    const d = pusherHarness();
+    const c = Buffer.from(messages[0]!);
+    d.decoder.write(c);
+    c.fill(0);
+    expect(d.tasks()[0]!.content).toEqual(messages[0]!.subarray(21));
   });
 
   it('content-too-long is reported (non-fatal) and the next task still decodes', () => {

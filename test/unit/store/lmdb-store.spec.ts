@@ -453,6 +453,63 @@ describe('LmdbOfflineStore', () => {
       expect((await again.read(u))?.message?.toString()).toBe('w2');
     });
 
+    it("kept messages are the store's own bytes: the caller's buffer is let go within the turn, one log value holds the turn's, a checkpoint re-homes each device's in its record", async () => {
+      const s = await open({ checkpointIntervalMs: 3_600_000 });
+      // A pusher connection's read chunk: every content is a view of it.
+      const chunk = Buffer.alloc(64 * 1024);
+      for (let i = 0; i < chunk.length; i++) chunk[i] = (i * 7) & 0xff;
+      const ids = Array.from({ length: 30 }, uuid);
+      const views = ids.map((_, i) => chunk.subarray(i * 1000, i * 1000 + 10 + i));
+      const expected = views.map((v) => Buffer.from(v));
+      await Promise.all(ids.map((u, i) => s.write(u, { kind: 'message', content: views[i]! })));
+      chunk.fill(0);
+      const kept = await Promise.all(ids.map(async (u) => (await s.read(u))!.message!));
+      for (const [i, m] of kept.entries()) {
+        expect(m).toEqual(expected[i]);
+        expect(m.buffer).not.toBe(chunk.buffer);
+      }
+      // No buffer per push: the turn's messages are views of its log value (and of the few
+      // smaller buffers it outgrew: it doubles from its first size).
+      expect(new Set(kept.map((m) => m.buffer)).size).toBeLessThanOrEqual(6);
+      // Under load a turn's log value starts at the previous one's size: the next alike turn needs one.
+      await Promise.all(ids.map((u, i) => s.write(u, { kind: 'message', content: Buffer.from(expected[i]!) })));
+      const next = await Promise.all(ids.map(async (u) => (await s.read(u))!.message!));
+      expect(new Set(next.map((m) => m.buffer)).size).toBe(1);
+
+      await s.checkpoint();
+      const homed = await Promise.all(ids.map(async (u) => (await s.read(u))!.message!));
+      for (const [i, m] of homed.entries()) {
+        expect(m).toEqual(expected[i]);
+        // Its device's record value (28-byte header, 14 bytes per message), not the log value.
+        expect(m.buffer.byteLength).toBe(28 + 14 + m.length);
+      }
+      expect(new Set(homed.map((m) => m.buffer)).size).toBe(ids.length);
+
+      // Read back from LMDB: one exact-size copy of the record, not a slab of Node's shared pool.
+      const again = await reopen(s);
+      for (const [i, u] of ids.entries()) {
+        const m = (await again.read(u))!.message!;
+        expect(m).toEqual(expected[i]);
+        expect(m.buffer.byteLength).toBe(28 + 14 + m.length);
+      }
+    });
+
+    it('queue mode: every queued message of a device is re-homed in its one record value at a checkpoint', async () => {
+      const s = await open({ checkpointIntervalMs: 3_600_000, messageRetention: { queue: 3, ttlMs: 3_600_000 } });
+      const u = uuid();
+      const caller = Buffer.from('aaaa-bbbbbb-cccccccc');
+      await s.write(u, { kind: 'message', content: caller.subarray(0, 4) });
+      await s.write(u, { kind: 'message', content: caller.subarray(5, 11) });
+      await s.write(u, { kind: 'message', content: caller.subarray(12) });
+      caller.fill(0x2e);
+      await s.checkpoint();
+      type Kept = { entries: Map<string, { rec: { messages: { content: Buffer }[] } }> };
+      const messages = (s as unknown as Kept).entries.get(u)!.rec.messages.map((m) => m.content);
+      expect(messages.map((m) => m.toString())).toEqual(['aaaa', 'bbbbbb', 'cccccccc']);
+      expect(new Set(messages.map((m) => m.buffer)).size).toBe(1);
+      expect(messages[0]!.buffer.byteLength).toBe(28 + 3 * 14 + 4 + 6 + 8);
+    });
+
     it('checkpoints on its own timer and after checkpointDevices changed devices', async () => {
       const timed = await open({ checkpointIntervalMs: 30 });
       await timed.write(uuid(), { kind: 'notice' });
