@@ -11,7 +11,7 @@ import { asError, type OfflineStore, type PendingState, type PendingWrite, type 
 import type { DeviceDropReason, DeviceEvent, OfflineReason } from './device-event.interface.js';
 import { type DeviceEngineOptions, type ResolvedDeviceEngineOptions, resolveDeviceEngineOptions } from './device-engine.options.js';
 import { DeviceFlag, DeviceTable, PENDING_ANY } from './device-table.js';
-import { formatIpv4, parseIpv4 } from './ipv4.util.js';
+import { Ipv4TextCache, parseIpv4 } from './ipv4.util.js';
 
 /** A device's TCP connection as the engine sees it (the transport implements it). */
 export interface DeviceLink {
@@ -111,6 +111,7 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
   private sweepTimer: NodeJS.Timeout | undefined;
   private sweepCursor = 0;
   private readonly keyScratch = Buffer.allocUnsafe(16);
+  private readonly ipv4Text = new Ipv4TextCache();
   /**
    * Called with the latency of every store write behind a push, in seconds
    * (the metrics module's store commit histogram). Unset: not measured.
@@ -854,7 +855,7 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
   }
 
   private addressOf(id: number): string {
-    return this.table.flags[id]! & DeviceFlag.Ipv4 ? formatIpv4(this.table.ipv4[id]!) : (this.ipv6.get(id) ?? '');
+    return this.table.flags[id]! & DeviceFlag.Ipv4 ? this.ipv4Text.format(this.table.ipv4[id]!) : (this.ipv6.get(id) ?? '');
   }
 }
 

@@ -1,5 +1,4 @@
 import { UUID_LENGTH } from '../protocol/protocol.constants.js';
-import { uuidToHex } from '../protocol/uuid.util.js';
 
 /** Record flag bits (the `flags` column). */
 export const DeviceFlag = {
@@ -40,6 +39,8 @@ export class DeviceTable {
   size = 0;
   private cap = 0;
   keys!: Uint8Array;
+  /** `keys` as a Buffer (same memory): its native hex encoder builds a uuid string in one allocation. */
+  private keysText!: Buffer;
   private hashes!: Uint32Array;
   /** Epoch ms of the last heartbeat (0 for a free id). */
   lastSeen!: Float64Array;
@@ -154,8 +155,10 @@ export class DeviceTable {
     this.size--;
   }
 
+  /** The record's uuid as 32 lowercase hex characters (one string allocation: the engine calls this per ack). */
   uuidHex(id: number): string {
-    return uuidToHex(this.keys, id * UUID_LENGTH);
+    const base = id * UUID_LENGTH;
+    return this.keysText.toString('hex', base, base + UUID_LENGTH);
   }
 
   /**
@@ -202,6 +205,7 @@ export class DeviceTable {
 
   private allocColumns(cap: number): void {
     this.keys = grow(this.keys, Uint8Array, cap * UUID_LENGTH);
+    this.keysText = Buffer.from(this.keys.buffer, this.keys.byteOffset, this.keys.byteLength);
     this.hashes = grow(this.hashes, Uint32Array, cap);
     this.lastSeen = grow(this.lastSeen, Float64Array, cap);
     this.ipv4 = grow(this.ipv4, Uint32Array, cap);

@@ -29,3 +29,25 @@ export function parseIpv4(s: string): number {
 export function formatIpv4(v: number): string {
   return `${v >>> 24}.${(v >>> 16) & 255}.${(v >>> 8) & 255}.${v & 255}`;
 }
+
+/**
+ * `formatIpv4` behind a small direct-mapped cache: the engine names a
+ * device's address on every UDP send, and building the dotted text allocates
+ * several strings. 256 slots (a few KiB, fixed): a slot holds the last address
+ * that hashed to it, so devices behind the same NAT or gateway (and a
+ * benchmark's loopback) share one string, and a miss costs what no cache did.
+ */
+export class Ipv4TextCache {
+  private readonly values = new Uint32Array(256);
+  private readonly texts: (string | undefined)[] = new Array<string | undefined>(256).fill(undefined);
+
+  format(v: number): string {
+    const slot = (v ^ (v >>> 8) ^ (v >>> 16) ^ (v >>> 24)) & 255;
+    const text = this.texts[slot];
+    if (text !== undefined && this.values[slot] === v >>> 0) return text;
+    const fresh = formatIpv4(v);
+    this.values[slot] = v;
+    this.texts[slot] = fresh;
+    return fresh;
+  }
+}

@@ -219,6 +219,7 @@ export class PushDispatcher implements PushSubmitter {
       remote,
       deadline: now + (options.timeoutMs ?? this.timeoutMs),
       settled: false,
+      slot: -1,
       resolve: onOutcome,
     };
     const list = this.waiters.get(d.uuid);
@@ -343,6 +344,7 @@ export class PushDispatcher implements PushSubmitter {
   private settle(w: Waiter, status: PushStatus, now: number, acked?: number, reason?: string): void {
     if (w.settled) return;
     w.settled = true;
+    this.deadlines.remove(w);
     const list = this.waiters.get(w.uuid);
     if (list) {
       const i = list.indexOf(w);

@@ -1,9 +1,6 @@
 import { createHash } from 'node:crypto';
 import { UUID_LENGTH } from './protocol.constants.js';
 
-const HEX = '0123456789abcdef';
-const HEX_PAIRS: string[] = [];
-for (let i = 0; i < 256; i++) HEX_PAIRS.push(HEX[i >> 4]! + HEX[i & 15]!);
 
 /** Thrown by the uuid helpers for input that cannot be a DDPush uuid. */
 export class InvalidUuidError extends TypeError {
@@ -20,11 +17,9 @@ export class InvalidUuidError extends TypeError {
  */
 export function uuidToHex(source: Uint8Array, offset = 0): string {
   if (offset < 0 || offset + UUID_LENGTH > source.length) throw new InvalidUuidError(source);
-  // Buffers have a native hex encoder: one flat string, no concatenation.
-  if (Buffer.isBuffer(source)) return source.toString('hex', offset, offset + UUID_LENGTH);
-  let s = '';
-  for (let i = offset; i < offset + UUID_LENGTH; i++) s += HEX_PAIRS[source[i]!]!;
-  return s;
+  // Buffer's native hex encoder builds one flat string; concatenating 16 pairs would allocate 16 strings.
+  const b = Buffer.isBuffer(source) ? source : Buffer.from(source.buffer, source.byteOffset, source.byteLength);
+  return b.toString('hex', offset, offset + UUID_LENGTH);
 }
 
 const HEX_RE = /^[0-9a-fA-F]{32}$/;

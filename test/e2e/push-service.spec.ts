@@ -2,6 +2,7 @@ import { Injectable } from '@nestjs/common';
 import { lastValueFrom, toArray } from 'rxjs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { OnPushOutcome } from '../../lib/decorators/push-handler.decorator.js';
+import { PushDispatcher } from '../../lib/dispatch/push-dispatcher.js';
 import { PushRequestError } from '../../lib/errors/push-request.error.js';
 import type { PushOutcome } from '../../lib/interfaces/push-outcome.interface.js';
 import type { PushRequest } from '../../lib/interfaces/push-request.interface.js';
@@ -40,6 +41,8 @@ describe('PushService.send(): outcomes', () => {
     expect((await t.push.inspect(d.uuid))?.pending).toBeNull();
     expect(events.acks).toEqual([expect.objectContaining({ uuid: d.uuid, kind: 'message', version: o.version })]);
     expect(events.outcomes).toEqual([o]);
+    // Settled before its deadline: out of the deadline queue at once, so an acked push is not kept alive for its timeout.
+    expect((t.app.get(PushDispatcher) as unknown as { deadlines: { size: number } }).deadlines.size).toBe(0);
   });
 
   it('offline when the device is away, then delivered on its heartbeat and acked (ack handler gets the version)', async () => {

@@ -1,6 +1,6 @@
 import { isIPv4 } from 'node:net';
 import { describe, expect, it } from 'vitest';
-import { formatIpv4, parseIpv4 } from '../../../lib/device/ipv4.util.js';
+import { Ipv4TextCache, formatIpv4, parseIpv4 } from '../../../lib/device/ipv4.util.js';
 
 describe('parseIpv4 / formatIpv4', () => {
   it.each([
@@ -63,5 +63,16 @@ describe('parseIpv4 / formatIpv4', () => {
     const col = new Uint32Array(1);
     col[0] = parseIpv4('200.100.50.25');
     expect(formatIpv4(col[0]!)).toBe('200.100.50.25');
+  });
+
+  it('Ipv4TextCache: always the right text, whatever collides or repeats', () => {
+    const cache = new Ipv4TextCache();
+    const values: number[] = [];
+    for (let i = 0; i < 3000; i++) values.push(Math.floor(Math.random() * 0x100000000));
+    // Addresses that share a slot (same xor of their bytes) evict each other.
+    values.push(0x01020304, 0x04030201, 0x02010403, 0, 0xffffffff);
+    for (let pass = 0; pass < 3; pass++) for (const v of values) expect(cache.format(v)).toBe(formatIpv4(v));
+    const loopback = parseIpv4('127.0.0.1');
+    for (let i = 0; i < 3; i++) expect(cache.format(loopback)).toBe('127.0.0.1');
   });
 });
