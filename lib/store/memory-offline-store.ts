@@ -20,10 +20,21 @@ interface Entry {
   message: Buffer | null;
   messageVersion: number;
   touched: number;
+  /** In `borrowed`: its message may be a view of a larger buffer, not yet copied. */
+  borrowed: boolean;
 }
 
 const NO_REPLACE = 0;
-
+/**
+ * A message handed over as a view of a larger buffer (a pusher connection's
+ * read chunk) is kept as that view for this long, then copied to a buffer of
+ * its own if still pending: most pushes to online devices are acked sooner,
+ * so they are never copied, and a view pins its chunk (at most 64 KiB of
+ * recent input) for no longer than this.
+ */
+const BORROW_MS = 100;
+/** Views kept at once, at most; the write that reaches it copies them all. */
+const MAX_BORROWED = 16_384;
 
 /**
  * Pending messages in a Map: fast, bounded, and gone with the process. For
@@ -32,9 +43,16 @@ const NO_REPLACE = 0;
  * Entries are kept in touch order (re-inserted on every write), so `sweep`
  * only looks at the oldest entries and stops at the first fresh one: expiry
  * costs O(expired), never a scan of the whole map.
+ *
+ * A message handed over as a view of a larger buffer (what the pusher port
+ * passes: a view of its read chunk) is copied only if it is still pending
+ * 100 ms later: pushes acked sooner cost no copy.
  */
 export class MemoryOfflineStore extends OfflineStore {
   private readonly entries = new Map<string, Entry>();
+  /** Entries whose message may be a borrowed view (see `BORROW_MS`). */
+  private borrowed: Entry[] = [];
+  private borrowTimer: NodeJS.Timeout | undefined;
   private bytes = 0;
   private readonly versions = new VersionCounter();
   readonly maxDevices: number;
@@ -62,6 +80,8 @@ export class MemoryOfflineStore extends OfflineStore {
   override async close(): Promise<void> {
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     this.sweepTimer = undefined;
+    if (this.borrowTimer) clearTimeout(this.borrowTimer);
+    this.borrowTimer = undefined;
   }
 
   /** Wraps `writeThen`, which is what pushes go through: a subclass changes both by overriding `writeThen`. */
@@ -88,7 +108,7 @@ export class MemoryOfflineStore extends OfflineStore {
     }
     if (!e) {
       if (this.entries.size >= this.maxDevices) throw new OfflineStoreFullError('maxDevices', this.maxDevices);
-      e = { notice: 0, category: 0n, categoryVersion: 0, message: null, messageVersion: 0, touched: 0 };
+      e = { notice: 0, category: 0n, categoryVersion: 0, message: null, messageVersion: 0, touched: 0, borrowed: false };
     }
     const now = Date.now();
     // Re-inserting moves an entry to the end of the Map (touch order, which
@@ -112,7 +132,7 @@ export class MemoryOfflineStore extends OfflineStore {
       case 'message': {
         const replaced = e.messageVersion;
         this.bytes += push.content.length - (e.message?.length ?? 0);
-        e.message = ownBuffer(push.content);
+        this.keep(e, push.content);
         e.messageVersion = version;
         return { kind: 'message', version, replaced, head: true };
       }
@@ -177,6 +197,7 @@ export class MemoryOfflineStore extends OfflineStore {
     const e = this.entries.get(uuid);
     if (e) {
       this.bytes -= e.message?.length ?? 0;
+      e.message = null;
       this.entries.delete(uuid);
     }
     return Promise.resolve();
@@ -191,6 +212,7 @@ export class MemoryOfflineStore extends OfflineStore {
     for (const [uuid, e] of this.entries) {
       if (dropped >= budget || now - e.touched < this.ttlMs) break;
       this.bytes -= e.message?.length ?? 0;
+      e.message = null;
       this.entries.delete(uuid);
       dropped++;
     }
@@ -199,6 +221,42 @@ export class MemoryOfflineStore extends OfflineStore {
 
   stats(): OfflineStoreStats {
     return { devices: this.entries.size, bytes: this.bytes, maxDevices: this.maxDevices, maxBytes: this.maxBytes };
+  }
+
+  /**
+   * Keeps a message's content: an exact-size buffer as it is; a view of a
+   * larger buffer as that view for up to `BORROW_MS`, then (if still
+   * pending) as a copy of its own, so a message kept for hours never pins
+   * the buffer it arrived in.
+   */
+  private keep(e: Entry, content: Buffer): void {
+    e.message = content;
+    if (content.byteLength === content.buffer.byteLength) return;
+    if (!e.borrowed) {
+      e.borrowed = true;
+      this.borrowed.push(e);
+    }
+    if (this.borrowed.length >= MAX_BORROWED) this.ownBorrowed();
+    else if (!this.borrowTimer) {
+      this.borrowTimer = setTimeout(this.onBorrowTimer, BORROW_MS);
+      this.borrowTimer.unref();
+    }
+  }
+
+  private readonly onBorrowTimer = (): void => {
+    this.borrowTimer = undefined;
+    this.ownBorrowed();
+  };
+
+  /** Copies every still-pending borrowed view to a buffer of its own. */
+  private ownBorrowed(): void {
+    const list = this.borrowed;
+    this.borrowed = [];
+    for (let i = 0; i < list.length; i++) {
+      const e = list[i]!;
+      e.borrowed = false;
+      if (e.message) e.message = ownBuffer(e.message);
+    }
   }
 
   private dropIfEmpty(uuid: string, e: Entry): void {

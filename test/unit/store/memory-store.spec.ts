@@ -20,3 +20,51 @@ describe('MemoryOfflineStore expiry', () => {
     }
   });
 });
+
+describe('MemoryOfflineStore message buffers', () => {
+  const uuidN = (n: number) => n.toString(16).padStart(32, '0');
+
+  it('keeps a view as it is for a while (no copy for pushes acked soon), then copies what is still pending to a buffer of its own', async () => {
+    const store = new MemoryOfflineStore();
+    try {
+      // A pusher connection's read chunk: the contents are views of it.
+      const chunk = Buffer.from('....first....second....');
+      const r1 = await store.write(uuidN(1), { kind: 'message', content: chunk.subarray(4, 9) });
+      await store.write(uuidN(2), { kind: 'message', content: chunk.subarray(13, 19) });
+      expect((await store.read(uuidN(1)))!.message!.buffer).toBe(chunk.buffer);
+      await store.ackMessage(uuidN(1), r1.version);
+      await new Promise((r) => setTimeout(r, 250));
+      const kept = (await store.read(uuidN(2)))!.message!;
+      expect(kept.toString()).toBe('second');
+      expect(kept.buffer).not.toBe(chunk.buffer);
+      expect(kept.byteLength).toBe(kept.buffer.byteLength);
+      chunk.fill(0);
+      expect((await store.read(uuidN(2)))!.message!.toString()).toBe('second');
+      expect(await store.read(uuidN(1))).toBeNull();
+      // An exact-size buffer is kept as it is.
+      const own = Buffer.from('own');
+      await store.write(uuidN(3), { kind: 'message', content: own });
+      expect((await store.read(uuidN(3)))!.message).toBe(own);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('holds at most 16,384 views: the write that reaches the bound copies them all at once', async () => {
+    const store = new MemoryOfflineStore();
+    try {
+      const chunk = Buffer.alloc(16_384 * 4);
+      for (let i = 0; i < 16_384; i++) chunk.writeUInt32BE(i, i * 4);
+      for (let i = 0; i < 16_383; i++) store.writeThen(uuidN(i), { kind: 'message', content: chunk.subarray(i * 4, i * 4 + 4) }, () => {});
+      expect((await store.read(uuidN(0)))!.message!.buffer).toBe(chunk.buffer);
+      store.writeThen(uuidN(16_383), { kind: 'message', content: chunk.subarray(16_383 * 4) }, () => {});
+      for (const i of [0, 8191, 16_383]) {
+        const m = (await store.read(uuidN(i)))!.message!;
+        expect(m.buffer).not.toBe(chunk.buffer);
+        expect(m.readUInt32BE(0)).toBe(i);
+      }
+    } finally {
+      await store.close();
+    }
+  });
+});
