@@ -1,7 +1,6 @@
 import { createHash } from 'node:crypto';
 import { UUID_LENGTH } from './protocol.constants.js';
 
-
 /** Thrown by the uuid helpers for input that cannot be a DDPush uuid. */
 export class InvalidUuidError extends TypeError {
   constructor(value: unknown) {
