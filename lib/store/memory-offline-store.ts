@@ -29,12 +29,19 @@ const NO_REPLACE = 0;
  * A message handed over as a view of a larger buffer (a pusher connection's
  * read chunk) is kept as that view for this long, then copied to a buffer of
  * its own if still pending: most pushes to online devices are acked sooner,
- * so they are never copied, and a view pins its chunk (at most 64 KiB of
- * recent input) for no longer than this.
+ * so they are never copied, and a view pins its chunk for no longer than this.
  */
 const BORROW_MS = 100;
 /** Views kept at once, at most; the write that reaches it copies them all. */
 const MAX_BORROWED = 16_384;
+/**
+ * Bytes the kept views may pin, at most, counting a view's whole underlying
+ * buffer unless the previous view shares it (a pusher connection's tasks
+ * arrive chunk by chunk, so that counts each chunk about once; otherwise it
+ * over-counts, never under): the write that reaches it copies them all.
+ * Without it, views of 16,384 different 64 KiB chunks could pin 1 GiB.
+ */
+const MAX_BORROWED_BYTES = 64 * 1024 * 1024;
 
 /**
  * Pending messages in a Map: fast, bounded, and gone with the process. For
@@ -52,6 +59,9 @@ export class MemoryOfflineStore extends OfflineStore {
   private readonly entries = new Map<string, Entry>();
   /** Entries whose message may be a borrowed view (see `BORROW_MS`). */
   private borrowed: Entry[] = [];
+  /** Sum of the kept views' underlying buffer sizes (see `MAX_BORROWED_BYTES`). */
+  private borrowedBytes = 0;
+  private lastBorrowedBuffer: ArrayBufferLike | null = null;
   private borrowTimer: NodeJS.Timeout | undefined;
   private bytes = 0;
   private readonly versions = new VersionCounter();
@@ -236,7 +246,11 @@ export class MemoryOfflineStore extends OfflineStore {
       e.borrowed = true;
       this.borrowed.push(e);
     }
-    if (this.borrowed.length >= MAX_BORROWED) this.ownBorrowed();
+    if (content.buffer !== this.lastBorrowedBuffer) {
+      this.lastBorrowedBuffer = content.buffer;
+      this.borrowedBytes += content.buffer.byteLength;
+    }
+    if (this.borrowed.length >= MAX_BORROWED || this.borrowedBytes >= MAX_BORROWED_BYTES) this.ownBorrowed();
     else if (!this.borrowTimer) {
       this.borrowTimer = setTimeout(this.onBorrowTimer, BORROW_MS);
       this.borrowTimer.unref();
@@ -252,6 +266,8 @@ export class MemoryOfflineStore extends OfflineStore {
   private ownBorrowed(): void {
     const list = this.borrowed;
     this.borrowed = [];
+    this.borrowedBytes = 0;
+    this.lastBorrowedBuffer = null;
     for (let i = 0; i < list.length; i++) {
       const e = list[i]!;
       e.borrowed = false;

@@ -67,4 +67,23 @@ describe('MemoryOfflineStore message buffers', () => {
       await store.close();
     }
   });
+
+  it('holds views pinning at most 64 MiB of buffers: the write that reaches it copies them all at once', async () => {
+    const store = new MemoryOfflineStore();
+    try {
+      // Each message a view of a different 1 MiB buffer (the worst case: one view per large chunk).
+      const chunks = Array.from({ length: 64 }, (_, i) => Buffer.alloc(1024 * 1024, i));
+      for (let i = 0; i < 63; i++) store.writeThen(uuidN(i), { kind: 'message', content: chunks[i]!.subarray(0, 8) }, () => {});
+      expect((await store.read(uuidN(0)))!.message!.buffer).toBe(chunks[0]!.buffer);
+      store.writeThen(uuidN(63), { kind: 'message', content: chunks[63]!.subarray(0, 8) }, () => {});
+      for (const i of [0, 31, 63]) {
+        const m = (await store.read(uuidN(i)))!.message!;
+        expect(m.buffer).not.toBe(chunks[i]!.buffer);
+        expect(m.byteLength).toBe(m.buffer.byteLength);
+        expect(m[0]).toBe(i);
+      }
+    } finally {
+      await store.close();
+    }
+  });
 });
