@@ -60,7 +60,15 @@ export interface DeviceTransportCounters {
   tcpRefused: number;
   tcpIdleClosed: number;
   tcpProtocolClosed: number;
+  /**
+   * UDP sends that failed, among those checked: one send in 16 is checked
+   * (see `UdpOutbox`), plus every send tried while the socket is closed. A
+   * sample: any rise means sends are failing; `sendErrors / sendsChecked` is
+   * about the share that fail.
+   */
   sendErrors: number;
+  /** UDP sends whose result was checked (the denominator of `sendErrors`). */
+  sendsChecked: number;
 }
 
 type ResolvedOptions = Required<DeviceTransportOptions>;
@@ -102,7 +110,7 @@ export type DeviceTransportEvents = {
 export class DeviceTransportStrategy extends PushTransportServer<DeviceTransportEvents, DeviceTransportStatus> {
   override transportId = DEVICE_TRANSPORT;
   readonly options: ResolvedOptions;
-  readonly counters: DeviceTransportCounters = { datagrams: 0, tcpConnections: 0, tcpRefused: 0, tcpIdleClosed: 0, tcpProtocolClosed: 0, sendErrors: 0 };
+  readonly counters: DeviceTransportCounters = { datagrams: 0, tcpConnections: 0, tcpRefused: 0, tcpIdleClosed: 0, tcpProtocolClosed: 0, sendErrors: 0, sendsChecked: 0 };
   private udp: UdpSocket | undefined;
   private tcp: NetServer | undefined;
   /** Open device connections and when each last completed a frame (ms; the connect time until then). */
@@ -173,6 +181,7 @@ export class DeviceTransportStrategy extends PushTransportServer<DeviceTransport
   };
 
   private readonly onSendDone = (err: Error | null): void => {
+    this.counters.sendsChecked++;
     if (err) this.counters.sendErrors++;
   };
   /** Pushes leave in bursts, at the end of the callback that produced them (see `UdpOutbox`). */

@@ -13,6 +13,15 @@ import type { Socket as UdpSocket } from 'node:dgram';
  * The delay is the rest of the callback (a few hundred µs at most), and
  * nothing waits on the send itself: a failed send only counts (`onSendDone`).
  *
+ * Only one send in `checkEvery` carries a completion callback. Node defers
+ * the callback of every send that completes at once (a `process.nextTick`
+ * per datagram: a queued call, its arguments, a pass of the tick loop), which
+ * cost about a twentieth of the server's time per push; a send without a
+ * callback that fails is silently dropped by Node. Send failures on a UDP
+ * socket come from conditions that last (no route, a firewall, a full
+ * interface queue, an oversized frame), so a sample shows them. A send made
+ * without a socket (closed) always fails through `onSendDone`, at no cost.
+ *
  * Bounded: at `max` queued datagrams the queue is sent at once, so one long
  * callback (a pusher read of thousands of tasks) holds at most `max` frames.
  */
@@ -22,16 +31,27 @@ export class UdpOutbox {
   private readonly ports: number[] = [];
   private readonly addresses: string[] = [];
   private scheduled = false;
+  /** Sends until the next one carries a completion callback. */
+  private untilCheck = 1;
   private readonly flushTick = (): void => {
     this.scheduled = false;
     this.flush();
   };
 
+  /**
+   * @param onSendDone hears how each checked send ended (`null`: sent), and
+   *   every send attempted without a socket.
+   * @param max datagrams queued at most before they are sent at once.
+   * @param checkEvery one send in this many is checked (1: every send).
+   */
   constructor(
     private readonly socket: () => UdpSocket | undefined,
     private readonly onSendDone: (err: Error | null) => void,
     readonly max = 64,
-  ) {}
+    readonly checkEvery = 16,
+  ) {
+    if (!Number.isInteger(checkEvery) || checkEvery < 1) throw new RangeError(`checkEvery must be a positive integer, got ${checkEvery}`);
+  }
 
   /**
    * Set while the device port handles one incoming datagram: what it sends
@@ -80,7 +100,10 @@ export class UdpOutbox {
   private sendOne(frame: Buffer, port: number, address: string, socket: UdpSocket | undefined): void {
     try {
       if (!socket) throw new Error('the device UDP socket is closed');
-      socket.send(frame, port, address, this.onSendDone);
+      if (--this.untilCheck === 0) {
+        this.untilCheck = this.checkEvery;
+        socket.send(frame, port, address, this.onSendDone);
+      } else socket.send(frame, port, address);
     } catch (err) {
       this.onSendDone(err as Error);
     }

@@ -34,7 +34,7 @@ describe('UdpOutbox', () => {
     const device = await bound();
     const server = await bound();
     const errors: (Error | null)[] = [];
-    const out = new UdpOutbox(() => server.socket, (err) => errors.push(err), 64);
+    const out = new UdpOutbox(() => server.socket, (err) => errors.push(err), 64, 1);
     for (let i = 0; i < 10; i++) out.send(Buffer.from(`m${i}`), device.port, '127.0.0.1');
     expect(out.size).toBe(10);
     await new Promise((r) => process.nextTick(r));
@@ -73,6 +73,42 @@ describe('UdpOutbox', () => {
     expect(errors).toHaveLength(2);
     expect(errors.every((e) => e instanceof Error)).toBe(true);
     expect(out.size).toBe(0);
+  });
+});
+
+describe('UdpOutbox, checked sends', () => {
+  // A datagram larger than UDP allows fails in the kernel (EMSGSIZE), after Node accepted it.
+  const tooBig = Buffer.alloc(70_000);
+
+  it('reports real send failures of the checked sends: one in checkEvery, the first included', async () => {
+    const device = await bound();
+    const server = await bound();
+    const results: (Error | null)[] = [];
+    const out = new UdpOutbox(() => server.socket, (err) => results.push(err), 64, 4);
+    for (let i = 0; i < 10; i++) out.send(tooBig, device.port, '127.0.0.1');
+    out.flush();
+    await new Promise((r) => setTimeout(r, 20));
+    // Sends 1, 5 and 9 of 10 carry the callback.
+    expect(results).toHaveLength(3);
+    expect(results.every((e) => e instanceof Error && /EMSGSIZE/.test(e.message))).toBe(true);
+    // Good sends after them are checked at the same pace, and report success.
+    for (let i = 0; i < 8; i++) out.send(Buffer.from(`ok${i}`), device.port, '127.0.0.1');
+    out.flush();
+    await until(() => device.received.length === 8);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(results.slice(3)).toEqual([null, null]);
+  });
+
+  it('checks every send with checkEvery 1, and refuses a checkEvery below 1', async () => {
+    const device = await bound();
+    const server = await bound();
+    const results: (Error | null)[] = [];
+    const out = new UdpOutbox(() => server.socket, (err) => results.push(err), 64, 1);
+    for (let i = 0; i < 5; i++) out.send(tooBig, device.port, '127.0.0.1');
+    out.flush();
+    await until(() => results.length === 5);
+    expect(results.every((e) => e instanceof Error)).toBe(true);
+    expect(() => new UdpOutbox(() => server.socket, () => {}, 64, 0)).toThrow(/checkEvery/);
   });
 });
 
