@@ -49,6 +49,13 @@ interface Waiter extends Deadline {
   node: string;
   remote: boolean;
   resolve: OutcomeCallback | undefined;
+  /**
+   * The device's waiters form a list, oldest first, whose head is in
+   * `waiters`: `next` is the following waiter; `prev` the preceding one, or
+   * for the head the tail (so appending is O(1)). Null once settled.
+   */
+  prev: Waiter | null;
+  next: Waiter | null;
 }
 
 /** How `dispatchThen` reports acceptance: the dispatch once stored, or why it was not. */
@@ -68,7 +75,13 @@ const SUBMIT_OPTIONS: Record<PushSource, DispatchOptions> = { pusher: Object.fre
 export class PushDispatcher implements PushSubmitter {
   readonly timeoutMs: number;
   private readonly permits: PermitPool;
-  private readonly waiters = new Map<string, Waiter[]>();
+  /**
+   * Per device, the head of its list of waiting pushes (see `Waiter.prev`).
+   * Links in the waiters rather than an array per device: a push to an
+   * online device then costs no array, and settling one is O(1). Bounded by
+   * the in-flight slots (`maxInFlight`): every waiter holds one.
+   */
+  private readonly waiters = new Map<string, Waiter>();
   private readonly deadlines = new DeadlineQueue<Waiter>((w) => this.expire(w));
   private readonly outcomes$ = new Subject<PushOutcome>();
   private sub: Subscription | undefined;
@@ -221,11 +234,56 @@ export class PushDispatcher implements PushSubmitter {
       settled: false,
       slot: -1,
       resolve: onOutcome,
+      prev: null,
+      next: null,
     };
-    const list = this.waiters.get(d.uuid);
-    if (list) list.push(w);
-    else this.waiters.set(d.uuid, [w]);
+    const head = this.waiters.get(d.uuid);
+    if (head) {
+      const tail = head.prev!;
+      tail.next = w;
+      w.prev = tail;
+      head.prev = w;
+    } else {
+      w.prev = w;
+      this.waiters.set(d.uuid, w);
+    }
     this.deadlines.add(w);
+  }
+
+  /** Takes a waiter out of its device's list. */
+  private unlink(w: Waiter): void {
+    const prev = w.prev;
+    if (!prev) return;
+    const next = w.next;
+    if (prev.next !== w) {
+      // `w` is the head (its `prev` is the tail, whose `next` is null).
+      if (next) {
+        next.prev = prev;
+        this.waiters.set(w.uuid, next);
+      } else this.waiters.delete(w.uuid);
+    } else {
+      prev.next = next;
+      if (next) next.prev = prev;
+      else this.waiters.get(w.uuid)!.prev = prev;
+    }
+    w.prev = null;
+    w.next = null;
+  }
+
+  /**
+   * Calls `fn` on each waiting push of a device, oldest first. `fn` may
+   * settle it, and outcome callbacks run inside may push to or settle other
+   * waiters of the device: if the next one is settled meanwhile, the walk
+   * starts over from the head (waiters already seen did not match, and are
+   * seen again at no harm).
+   */
+  private eachWaiter(uuid: string, fn: (w: Waiter) => void): void {
+    let w = this.waiters.get(uuid);
+    while (w) {
+      const next = w.next;
+      fn(w);
+      w = next && next.settled ? this.waiters.get(uuid) : (next ?? undefined);
+    }
   }
 
   /**
@@ -257,7 +315,9 @@ export class PushDispatcher implements PushSubmitter {
     this.sub?.unsubscribe();
     this.sub = undefined;
     const now = Date.now();
-    for (const list of [...this.waiters.values()]) for (const w of [...list]) this.settle(w, w.sent ? 'timeout' : 'offline', now);
+    for (const uuid of [...this.waiters.keys()]) {
+      for (let w = this.waiters.get(uuid); w; w = this.waiters.get(uuid)) this.settle(w, w.sent ? 'timeout' : 'offline', now);
+    }
     this.deadlines.clear();
     this.outcomes$.complete();
   }
@@ -268,37 +328,37 @@ export class PushDispatcher implements PushSubmitter {
   }
 
   private onSent(e: DeviceSentEvent): void {
-    const list = this.waiters.get(e.uuid);
-    if (!list) return;
-    // Walks the live list (no copy per event): `settle` removes the waiter
-    // at `i`, so the index only advances past waiters that stay.
-    for (let i = 0; i < list.length; ) {
-      const w = list[i]!;
-      // One notice or category frame carries every earlier push of its kind
-      // (the flag, the OR-ed mask); a message frame carries one version.
-      if (w.kind === e.kind && (w.kind !== 'message' || w.version === e.version)) {
-        if (w.sent === undefined) {
-          w.sent = e.at;
-          w.transport = e.transport;
-        }
-        if (w.ackMode === 'none') this.settle(w, 'success', e.at);
-      }
-      if (list[i] === w) i++;
+    const head = this.waiters.get(e.uuid);
+    if (!head) return;
+    // One notice or category frame carries every earlier push of its kind
+    // (the flag, the OR-ed mask); a message frame carries one version.
+    if (head.next === null) return this.sentOne(head, e);
+    this.eachWaiter(e.uuid, (w) => this.sentOne(w, e));
+  }
+
+  private sentOne(w: Waiter, e: DeviceSentEvent): void {
+    if (w.kind !== e.kind || (w.kind === 'message' && w.version !== e.version)) return;
+    if (w.sent === undefined) {
+      w.sent = e.at;
+      w.transport = e.transport;
     }
+    if (w.ackMode === 'none') this.settle(w, 'success', e.at);
   }
 
   private onAck(e: DeviceAckEvent): void {
-    const list = this.waiters.get(e.uuid);
-    if (!list) return;
-    for (let i = 0; i < list.length; ) {
-      const w = list[i]!;
-      const acked =
-        w.kind === e.kind &&
-        (w.kind !== 'message' || w.version === e.version) &&
-        (w.kind !== 'category' || ((e.remaining ?? 0n) & w.mask) === 0n);
-      if (acked) this.settle(w, 'success', e.at, e.at);
-      if (list[i] === w) i++;
-    }
+    const head = this.waiters.get(e.uuid);
+    if (!head) return;
+    // The common case, one push waiting, without the walk's closure.
+    if (head.next === null) return this.ackOne(head, e);
+    this.eachWaiter(e.uuid, (w) => this.ackOne(w, e));
+  }
+
+  private ackOne(w: Waiter, e: DeviceAckEvent): void {
+    const acked =
+      w.kind === e.kind &&
+      (w.kind !== 'message' || w.version === e.version) &&
+      (w.kind !== 'category' || ((e.remaining ?? 0n) & w.mask) === 0n);
+    if (acked) this.settle(w, 'success', e.at, e.at);
   }
 
   /**
@@ -309,7 +369,8 @@ export class PushDispatcher implements PushSubmitter {
   private onStoreDrop(d: StoreDrop): void {
     const status: PushStatus = d.reason === 'replaced' ? 'replaced' : 'failure';
     const now = Date.now();
-    const w = this.waiters.get(d.uuid)?.find((x) => x.kind === d.kind && x.version === d.version);
+    let w = this.waiters.get(d.uuid);
+    while (w && !(w.kind === d.kind && w.version === d.version)) w = w.next ?? undefined;
     if (w) {
       this.settle(w, status, now, undefined, d.reason === 'expired' ? 'expired' : undefined);
       return;
@@ -327,9 +388,9 @@ export class PushDispatcher implements PushSubmitter {
   }
 
   private settleVersion(uuid: string, kind: PushKind, version: number, status: PushStatus, now: number): void {
-    const list = this.waiters.get(uuid);
-    if (!list) return;
-    for (const w of [...list]) if (w.kind === kind && w.version === version) this.settle(w, status, now);
+    this.eachWaiter(uuid, (w) => {
+      if (w.kind === kind && w.version === version) this.settle(w, status, now);
+    });
   }
 
   private expire(w: Waiter): void {
@@ -345,12 +406,7 @@ export class PushDispatcher implements PushSubmitter {
     if (w.settled) return;
     w.settled = true;
     this.deadlines.remove(w);
-    const list = this.waiters.get(w.uuid);
-    if (list) {
-      const i = list.indexOf(w);
-      if (i >= 0) list.splice(i, 1);
-      if (list.length === 0) this.waiters.delete(w.uuid);
-    }
+    this.unlink(w);
     this.permits.release();
     if (!w.resolve && !this.outcomes$.observed) {
       this.counters[status]++;
