@@ -5,7 +5,7 @@ import type { PushSource, PushSubmitter, SubmitCallback } from '../interfaces/pu
 import { type ClientFrame } from '../protocol/client-frame.codec.js';
 import { ClientCmd, type ClientFrameError } from '../protocol/protocol.constants.js';
 import { encodeCategory, encodeHeartbeatEcho, encodeMessage, encodeNotice } from '../protocol/server-frame.codec.js';
-import { normalizeUuid, uuidToHex } from '../protocol/uuid.util.js';
+import { HEX_VALUE, normalizeUuid, uuidToHex } from '../protocol/uuid.util.js';
 import type { DeviceRoute, LocalRouteSource, PushRouter } from '../router/push-router.js';
 import { asError, type OfflineStore, type PendingState, type PendingWrite, type WriteResult } from '../store/offline-store.js';
 import type { DeviceDropReason, DeviceEvent, OfflineReason } from './device-event.interface.js';
@@ -379,11 +379,12 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
       return;
     }
     t.flags[id]! |= DeviceFlag.Loading;
+    const gen = t.gen[id]!;
     this.store.read(uuid).then(
       (state) => {
         const sentMeanwhile = this.reload.get(id);
         this.reload.delete(id);
-        if (!this.sameRecord(id, uuid)) return;
+        if (!this.sameRecord(id, gen)) return;
         t.flags[id]! &= ~DeviceFlag.Loading;
         // A write landed while this read was in flight: the state read may
         // predate it, and applying it would forget the push (and the ack
@@ -395,15 +396,15 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
       },
       () => {
         this.reload.delete(id);
-        if (this.sameRecord(id, uuid)) t.flags[id]! &= ~DeviceFlag.Loading;
+        if (this.sameRecord(id, gen)) t.flags[id]! &= ~DeviceFlag.Loading;
         this.countDrop('store-error');
       },
     );
   }
 
-  /** Ids are reused after expiry: check the record still belongs to `uuid` after an await. */
-  private sameRecord(id: number, uuid: string): boolean {
-    return this.table.isUsed(id) && this.table.hexEquals(id, uuid);
+  /** Ids are reused after expiry: after an await, the record is the one read before it only if its generation is unchanged. */
+  private sameRecord(id: number, gen: number): boolean {
+    return this.table.gen[id] === gen;
   }
 
   private applyPending(id: number, state: PendingState | null): void {
@@ -442,8 +443,7 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
     return kind === 'notice' ? t.txNoticeVersion[id] === version && t.txNoticeCount[id]! > 0 : t.txMessageVersion[id] === version && t.txMessageCount[id]! > 0;
   }
 
-  private sendKind(id: number, uuid: string, kind: PushKind, version: number, frame: Buffer, resend: boolean): boolean {
-    const now = Date.now();
+  private sendKind(id: number, uuid: string, kind: PushKind, version: number, frame: Buffer, resend: boolean, now = Date.now()): boolean {
     const via = this.transmit(id, frame, now);
     if (!via) return false;
     this.trackTx(id, kind, version);
@@ -537,9 +537,10 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
       case ClientCmd.AckCategory: {
         this.counters.acks++;
         const uuid = t.uuidHex(id);
+        const gen = t.gen[id]!;
         const acked = frame.mask;
         this.store.ackCategory(uuid, acked).then((remaining) => {
-          if (!this.sameRecord(id, uuid)) return;
+          if (!this.sameRecord(id, gen)) return;
           if (remaining === 0n) t.flags[id]! &= ~DeviceFlag.PendingCategory;
           this.emit({ type: 'ack', uuid, kind: 'category', version: 0, mask: acked, remaining, at: Date.now() });
         }, this.storeFailed);
@@ -552,9 +553,10 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
         const version = this.ackedVersion(id, kind);
         if (version === 0) return this.countDrop('ack-unmatched');
         const uuid = t.uuidHex(id);
+        const gen = t.gen[id]!;
         this.store.ackThen(uuid, kind, version, (err, r) => {
           if (err) return this.storeFailed();
-          if (!this.sameRecord(id, uuid)) return;
+          if (!this.sameRecord(id, gen)) return;
           if (!r!.remaining) {
             t.flags[id]! &= ~KIND_FLAG[kind];
             this.resetTx(id, kind);
@@ -677,7 +679,7 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
         : write.kind === 'category'
           ? encodeCategory(appId, d.mask ?? write.mask)
           : encodeMessage(appId, write.content);
-    if (this.sendKind(id, uuid, write.kind, d.version, frame, false)) {
+    if (this.sendKind(id, uuid, write.kind, d.version, frame, false, now)) {
       d.sentVia = this.links.has(id) ? 'tcp' : 'udp';
       if (loading) this.reload.set(id, this.reload.get(id)! | KIND_FLAG[write.kind]);
     }
@@ -686,8 +688,10 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
 
   /** Record id for a normalised hex uuid, decoded into a scratch buffer (no allocation). */
   private findHex(uuid: string): number {
-    this.keyScratch.write(uuid, 0, 16, 'hex');
-    return this.table.find(this.keyScratch, 0);
+    // Decoded here rather than by Buffer.write (a native call that costs twice as much per push).
+    const k = this.keyScratch;
+    for (let i = 0; i < 16; i++) k[i] = (HEX_VALUE[uuid.charCodeAt(2 * i)]! << 4) | HEX_VALUE[uuid.charCodeAt(2 * i + 1)]!;
+    return this.table.find(k, 0);
   }
 
   /** `PushSubmitter`: the engine alone (no outcome tracking) accepts a push by storing and sending it. */

@@ -44,6 +44,12 @@ export class DeviceTable {
   private hashes!: Uint32Array;
   /** Epoch ms of the last heartbeat (0 for a free id). */
   lastSeen!: Float64Array;
+  /**
+   * Bumped each time the id is freed: an id and the generation read with it
+   * name one record, even after the id is reused (the engine checks this in
+   * store callbacks, which may land after the device expired).
+   */
+  gen!: Uint32Array;
   ipv4!: Uint32Array;
   port!: Uint16Array;
   appId!: Uint8Array;
@@ -151,6 +157,7 @@ export class DeviceTable {
     index[hole] = EMPTY;
     this.lastSeen[id] = 0;
     this.flags[id] = 0;
+    this.gen[id] = (this.gen[id]! + 1) >>> 0;
     this.freeIds[this.freeTop++] = id;
     this.size--;
   }
@@ -159,22 +166,6 @@ export class DeviceTable {
   uuidHex(id: number): string {
     const base = id * UUID_LENGTH;
     return this.keysText.toString('hex', base, base + UUID_LENGTH);
-  }
-
-  /**
-   * Whether record `id` holds the uuid `hex` (32 lowercase hex characters),
-   * compared byte by byte: `uuidHex(id) === hex` without building a string
-   * (the engine checks this in every store callback).
-   */
-  hexEquals(id: number, hex: string): boolean {
-    if (hex.length !== UUID_LENGTH * 2) return false;
-    const keys = this.keys;
-    const base = id * UUID_LENGTH;
-    for (let i = 0; i < UUID_LENGTH; i++) {
-      const b = keys[base + i]!;
-      if (hex.charCodeAt(2 * i) !== HEX_CODES[b >> 4] || hex.charCodeAt(2 * i + 1) !== HEX_CODES[b & 15]) return false;
-    }
-    return true;
   }
 
   uuidBytes(id: number): Buffer {
@@ -208,6 +199,7 @@ export class DeviceTable {
     this.keysText = Buffer.from(this.keys.buffer, this.keys.byteOffset, this.keys.byteLength);
     this.hashes = grow(this.hashes, Uint32Array, cap);
     this.lastSeen = grow(this.lastSeen, Float64Array, cap);
+    this.gen = grow(this.gen, Uint32Array, cap);
     this.ipv4 = grow(this.ipv4, Uint32Array, cap);
     this.port = grow(this.port, Uint16Array, cap);
     this.appId = grow(this.appId, Uint8Array, cap);
@@ -225,7 +217,7 @@ export class DeviceTable {
 }
 
 /** Column bytes per record: keep in step with `allocColumns`. */
-const BYTES_PER_RECORD = UUID_LENGTH + 4 + 8 + 4 + 2 + 1 + 1 + 4 + 4 + 1 + 1 + 4 + 1 + 1 + 4;
+const BYTES_PER_RECORD = UUID_LENGTH + 4 + 8 + 4 + 4 + 2 + 1 + 1 + 4 + 4 + 1 + 1 + 4 + 1 + 1 + 4;
 
 type TypedCtor<T> = { new (n: number): T };
 function grow<T extends { length: number; set(a: ArrayLike<number> | ArrayLike<bigint>): void }>(
@@ -244,8 +236,6 @@ function nextPow2(n: number): number {
   return p;
 }
 
-/** Char codes of the lowercase hex digits. */
-const HEX_CODES = Uint8Array.from('0123456789abcdef', (c) => c.charCodeAt(0));
 
 // Devices choose their own uuids, so a hash over part of the key, or an
 // unseeded one, would let a client craft colliding uuids and turn every probe

@@ -116,16 +116,16 @@ export class MemoryOfflineStore extends OfflineStore {
       const delta = push.content.length - (e?.message?.length ?? 0);
       if (this.bytes + delta > this.maxBytes) throw new OfflineStoreFullError('maxBytes', this.maxBytes);
     }
+    const now = Date.now();
     if (!e) {
       if (this.entries.size >= this.maxDevices) throw new OfflineStoreFullError('maxDevices', this.maxDevices);
-      e = { notice: 0, category: 0n, categoryVersion: 0, message: null, messageVersion: 0, touched: 0, borrowed: false };
-    }
-    const now = Date.now();
-    // Re-inserting moves an entry to the end of the Map (touch order, which
-    // keeps the sweep O(expired)); doing it on every write would dominate the
-    // write cost, so an entry is moved at most once per `touchGranularityMs`.
-    // The sweep may then see entries out of order by at most that much.
-    if (e.touched === 0 || now - e.touched >= this.touchGranularityMs) {
+      e = { notice: 0, category: 0n, categoryVersion: 0, message: null, messageVersion: 0, touched: now, borrowed: false };
+      this.entries.set(uuid, e);
+    } else if (now - e.touched >= this.touchGranularityMs) {
+      // Re-inserting moves an entry to the end of the Map (touch order, which
+      // keeps the sweep O(expired)); doing it on every write would dominate the
+      // write cost, so an entry is moved at most once per `touchGranularityMs`.
+      // The sweep may then see entries out of order by at most that much.
       this.entries.delete(uuid);
       e.touched = now;
       this.entries.set(uuid, e);

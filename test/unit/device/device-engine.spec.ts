@@ -449,6 +449,32 @@ describe('DeviceEngine (no sockets)', () => {
       expect(frames.filter((f) => f.cmd === ServerCmd.Notice)).toHaveLength(1);
       expect(contents(frames)).toEqual(['M']);
     });
+
+    it('a read that lands after its device expired and its record id went to another device is not applied to that device', async () => {
+      vi.useFakeTimers({ toFake: ['Date'] });
+      const t0 = Date.now();
+      const store = new HeldReadStore();
+      const { engine, sink } = setup({ reachableWindowMs: 100, expiryMs: 1000 }, store);
+      const a = new Dev(engine, ADDR, 43_001);
+      const b = new Dev(engine, ADDR, 43_002);
+      await store.write(a.uuid, msg('for A only'));
+      store.holding = true;
+      a.heartbeat(); // A's read (its message) is held
+      vi.setSystemTime(t0 + 1001);
+      engine.sweep(Date.now()); // A expires: its record id is free
+      expect(engine.deviceCount).toBe(0);
+      b.heartbeat(); // B takes the freed id; its read is held too
+      expect(engine.deviceCount).toBe(1);
+      store.release();
+      await flush();
+      await flush();
+      // A's read named A's record, not B's: nothing of A's goes to B's address.
+      expect(contents(sink.to(ADDR, 43_002))).toEqual([]);
+      expect(contents(sink.to(ADDR, 43_001))).toEqual([]);
+      // B's own read completed and cleared its loading state: a push to B goes out at once.
+      expect((await engine.push(b.uuid, msg('for B'))).sentVia).toBe('udp');
+      expect(contents(sink.to(ADDR, 43_002))).toEqual(['for B']);
+    });
   });
 
   describe('admission and limits', () => {

@@ -3,6 +3,7 @@ import {
   InvalidUuidError,
   UUID_LENGTH,
   isUuidHex,
+  isLowerUuidHex,
   normalizeUuid,
   uuidFromHex,
   uuidFromKey,
@@ -84,6 +85,24 @@ describe('uuid helpers (protocol.md section 2)', () => {
     expect(normalizeUuid(UUID)).toBe(UUID_HEX);
     expect(normalizeUuid(new Uint8Array(UUID))).toBe(UUID_HEX);
     expect(normalizeUuid(uuidFromKey('100001'))).toBe('e2a6a1ace352668000aed191a817d143');
+  });
+
+  it('isLowerUuidHex accepts exactly 32 lowercase hex digits, whatever character is wrong and wherever', () => {
+    expect(isLowerUuidHex(UUID_HEX)).toBe(true);
+    expect(isLowerUuidHex('0123456789abcdef0123456789abcdef')).toBe(true);
+    expect(isLowerUuidHex(UUID_HEX.slice(1))).toBe(false);
+    expect(isLowerUuidHex(UUID_HEX + '0')).toBe(false);
+    // Every code unit that is not a lowercase hex digit, at every position; codes above 127 include
+    // ones that equal a hex digit in their low 7 bits ('\u00b0' & 127 is '0', '\u0161' & 127 is 'a').
+    const others: number[] = [];
+    for (let c = 0; c < 0x400; c++) if (!/[0-9a-f]/.test(String.fromCharCode(c))) others.push(c);
+    others.push(0xff10, 0xff41, 0xd800);
+    for (let pos = 0; pos < 32; pos++) {
+      for (const c of others) {
+        const s = UUID_HEX.slice(0, pos) + String.fromCharCode(c) + UUID_HEX.slice(pos + 1);
+        if (isLowerUuidHex(s)) throw new Error(`accepted code ${c} at ${pos}`);
+      }
+    }
   });
 
   it('normalizeUuid refuses wrong sizes and types', () => {
