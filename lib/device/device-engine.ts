@@ -7,7 +7,7 @@ import { ClientCmd, type ClientFrameError } from '../protocol/protocol.constants
 import { encodeCategory, encodeHeartbeatEcho, encodeMessage, encodeNotice } from '../protocol/server-frame.codec.js';
 import { HEX_VALUE, normalizeUuid, uuidToHex } from '../protocol/uuid.util.js';
 import type { DeviceRoute, LocalRouteSource, PushRouter } from '../router/push-router.js';
-import { asError, type OfflineStore, type PendingState, type PendingWrite, type WriteResult } from '../store/offline-store.js';
+import { type AckResult, asError, type OfflineStore, type PendingState, type PendingWrite, type WriteResult } from '../store/offline-store.js';
 import type { DeviceDropReason, DeviceEvent, OfflineReason } from './device-event.interface.js';
 import { type DeviceEngineOptions, type ResolvedDeviceEngineOptions, resolveDeviceEngineOptions } from './device-engine.options.js';
 import { DeviceFlag, DeviceTable, PENDING_ANY } from './device-table.js';
@@ -554,23 +554,28 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
         if (version === 0) return this.countDrop('ack-unmatched');
         const uuid = t.uuidHex(id);
         const gen = t.gen[id]!;
-        this.store.ackThen(uuid, kind, version, (err, r) => {
-          if (err) return this.storeFailed();
-          if (!this.sameRecord(id, gen)) return;
-          if (!r!.remaining) {
-            t.flags[id]! &= ~KIND_FLAG[kind];
-            this.resetTx(id, kind);
-          }
-          if (r!.cleared) this.emit({ type: 'ack', uuid, kind, version, at: Date.now() });
-          // Queue mode: the next message goes out as soon as the previous is acked.
-          // An ack that cleared nothing while something is pending acked a
-          // version the store no longer holds (another node replaced it, or a
-          // full queue dropped it): send what is pending now.
-          if (r!.remaining) this.load(id, uuid, false, true);
-        });
+        // A store that answers at once (memory) costs no closure per ack.
+        const now = this.store.ackNow(uuid, kind, version);
+        if (now !== undefined) return this.acked(id, gen, uuid, kind, version, now);
+        this.store.ackThen(uuid, kind, version, (err, r) => (err ? this.storeFailed() : this.acked(id, gen, uuid, kind, version, r!)));
         return;
       }
     }
+  }
+
+  /** The store applied an ack of `version` (read from record `id` of generation `gen`). */
+  private acked(id: number, gen: number, uuid: string, kind: 'notice' | 'message', version: number, r: AckResult): void {
+    if (!this.sameRecord(id, gen)) return;
+    if (!r.remaining) {
+      this.table.flags[id]! &= ~KIND_FLAG[kind];
+      this.resetTx(id, kind);
+    }
+    if (r.cleared) this.emit({ type: 'ack', uuid, kind, version, at: Date.now() });
+    // Queue mode: the next message goes out as soon as the previous is acked.
+    // An ack that cleared nothing while something is pending acked a
+    // version the store no longer holds (another node replaced it, or a
+    // full queue dropped it): send what is pending now.
+    if (r.remaining) this.load(id, uuid, false, true);
   }
 
   private readonly storeFailed = (): void => this.countDrop('store-error');
@@ -625,6 +630,14 @@ export class DeviceEngine implements LocalRouteSource, PushSubmitter {
   /** @internal See `preparePush`. */
   writePush(key: string, write: PendingWrite, done: (err: Error | null, r: WriteResult | null) => void): void {
     this.store.writeThen(key, write, done);
+  }
+
+  /**
+   * @internal `writePush` answered at once by a store that can (`OfflineStore.writeNow`):
+   * the result, or `undefined` to call `writePush`. Throws, storing nothing, on a store error.
+   */
+  writePushNow(key: string, write: PendingWrite): WriteResult | undefined {
+    return this.store.writeNow(key, write);
   }
 
   /** @internal See `preparePush`. */

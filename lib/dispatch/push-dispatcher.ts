@@ -7,7 +7,7 @@ import type { DeviceTransportKind, PushKind } from '../interfaces/push-kind.inte
 import type { PushOutcome, PushStatus } from '../interfaces/push-outcome.interface.js';
 import type { PushSource, PushSubmitter, SubmitCallback } from '../interfaces/push-submitter.interface.js';
 import { InvalidUuidError } from '../protocol/uuid.util.js';
-import { asError, type OfflineStore, OfflineStoreFullError, type PendingWrite, type StoreDrop } from '../store/offline-store.js';
+import { asError, type OfflineStore, OfflineStoreFullError, type PendingWrite, type StoreDrop, type WriteResult } from '../store/offline-store.js';
 import type { PushCluster } from '../cluster/push-cluster.js';
 import { type Deadline, DeadlineQueue } from './deadline-queue.js';
 import { PermitPool, PermitQueueFullError } from './permit-pool.js';
@@ -153,37 +153,62 @@ export class PushDispatcher implements PushSubmitter {
       return;
     }
     const t0 = engine.storeWriteObserver ? performance.now() : 0;
-    // The engine's steps with this one callback: a push waiting for its commit keeps a single closure alive.
+    // A store that answers at once (memory) costs no callback; otherwise the
+    // engine's steps go on in this one callback: a push waiting for its commit
+    // keeps a single closure alive.
+    let now: WriteResult | undefined;
+    try {
+      now = engine.writePushNow(key, write);
+    } catch (err) {
+      this.permits.release();
+      this.refuse(uuid, write.kind, options.source, asError(err), onAccepted, onOutcome);
+      return;
+    }
+    if (now !== undefined) return this.stored(uuid, key, write, options, onAccepted, onOutcome, t0, now);
     engine.writePush(key, write, (err, r) => {
       if (err) {
         this.permits.release();
         this.refuse(uuid, write.kind, options.source, err, onAccepted, onOutcome);
         return;
       }
-      const d = engine.pushStored(key, write, r!, t0);
-      const now = Date.now();
-      onAccepted?.(null, d);
-      if (d.replaced) this.settleVersion(d.uuid, 'message', d.replaced, 'replaced', now);
-      if (d.reachable || !this.cluster) {
-        this.follow(d, write, options, now, this.engine.nodeId, false, onOutcome);
-        return;
-      }
-      // Not held here: if a live peer holds it, that peer transmits it now.
-      const route = d.route;
-      // The store read the route with the write: no route, or ours, is offline here without another look.
-      if (route === null || route === this.engine.nodeId) {
-        this.follow(d, write, options, now, this.engine.nodeId, false, onOutcome);
-        return;
-      }
-      const cluster = this.cluster;
-      (route === undefined ? cluster.locate(d.uuid) : cluster.locateKnown(d.uuid, route)).then(
-        (holder) => {
-          if (holder) cluster.deliver(holder, { uuid: d.uuid, kind: write.kind, version: d.version, origin: this.engine.nodeId });
-          this.follow(d, write, options, now, holder ?? this.engine.nodeId, !!holder, onOutcome);
-        },
-        () => this.follow(d, write, options, now, this.engine.nodeId, false, onOutcome),
-      );
+      this.stored(uuid, key, write, options, onAccepted, onOutcome, t0, r!);
     });
+  }
+
+  /** The store holds the push: the engine sends it if it can, then the push is followed to its outcome. */
+  private stored(
+    uuid: string,
+    key: string,
+    write: PendingWrite,
+    options: DispatchOptions,
+    onAccepted: AcceptCallback | undefined,
+    onOutcome: OutcomeCallback | undefined,
+    t0: number,
+    r: WriteResult,
+  ): void {
+    const d = this.engine.pushStored(key, write, r, t0);
+    const now = Date.now();
+    onAccepted?.(null, d);
+    if (d.replaced) this.settleVersion(d.uuid, 'message', d.replaced, 'replaced', now);
+    if (d.reachable || !this.cluster) {
+      this.follow(d, write, options, now, this.engine.nodeId, false, onOutcome);
+      return;
+    }
+    // Not held here: if a live peer holds it, that peer transmits it now.
+    const route = d.route;
+    // The store read the route with the write: no route, or ours, is offline here without another look.
+    if (route === null || route === this.engine.nodeId) {
+      this.follow(d, write, options, now, this.engine.nodeId, false, onOutcome);
+      return;
+    }
+    const cluster = this.cluster;
+    (route === undefined ? cluster.locate(d.uuid) : cluster.locateKnown(d.uuid, route)).then(
+      (holder) => {
+        if (holder) cluster.deliver(holder, { uuid: d.uuid, kind: write.kind, version: d.version, origin: this.engine.nodeId });
+        this.follow(d, write, options, now, holder ?? this.engine.nodeId, !!holder, onOutcome);
+      },
+      () => this.follow(d, write, options, now, this.engine.nodeId, false, onOutcome),
+    );
   }
 
   /** Not stored: a `failure` outcome, and the acceptance callback hears why. */

@@ -169,6 +169,18 @@ export class MemoryOfflineStore extends OfflineStore {
     done(null, kind === 'notice' ? this.ackNoticeSync(uuid, version) : this.ackMessageSync(uuid, version));
   }
 
+  /** A subclass that overrides `ackThen` is asked through it: then `undefined`. */
+  override ackNow(uuid: string, kind: 'notice' | 'message', version: number): AckResult | undefined {
+    if (this.ackThen !== MemoryOfflineStore.prototype.ackThen) return undefined;
+    return kind === 'notice' ? this.ackNoticeSync(uuid, version) : this.ackMessageSync(uuid, version);
+  }
+
+  /** A subclass that overrides `writeThen` (a slower or failing store in tests) is asked through it: then `undefined`. */
+  override writeNow(uuid: string, push: PendingWrite): WriteResult | undefined {
+    if (this.writeThen !== MemoryOfflineStore.prototype.writeThen) return undefined;
+    return this.writeSync(uuid, push);
+  }
+
   private ackNoticeSync(uuid: string, version: number): AckResult {
     const e = this.entries.get(uuid);
     if (!e || e.notice === 0) return NOT_PENDING;

@@ -150,6 +150,22 @@ export abstract class OfflineStore {
     );
   }
 
+  /**
+   * `writeThen` answered at once, for a store that never waits (the memory
+   * store): the result, or `undefined` when the caller must use `writeThen`
+   * (the default). Throws, storing nothing, where `writeThen` would report
+   * an error. The engine tries this first: a push then costs no callback and
+   * no closure holding its state until the store answers.
+   */
+  writeNow(_uuid: string, _push: PendingWrite): WriteResult | undefined {
+    return undefined;
+  }
+
+  /** `ackThen` answered at once, like `writeNow`: the result, or `undefined` (the default) to use `ackThen`. */
+  ackNow(_uuid: string, _kind: 'notice' | 'message', _version: number): AckResult | undefined {
+    return undefined;
+  }
+
   /** Pending state, or null when nothing is pending for the device. */
   abstract read(uuid: string): Promise<PendingState | null>;
   abstract ackNotice(uuid: string, version: number): Promise<AckResult>;

@@ -8,6 +8,7 @@ import { PushConfigError } from '../../../lib/errors/push-config.error.js';
 import { decodeClientFrame, encodeClientFrame } from '../../../lib/protocol/client-frame.codec.js';
 import { ClientCmd, ServerCmd } from '../../../lib/protocol/protocol.constants.js';
 import { decodeServerFrame, type ServerFrame } from '../../../lib/protocol/server-frame.codec.js';
+import { PushDispatcher } from '../../../lib/dispatch/push-dispatcher.js';
 import { LocalPushRouter } from '../../../lib/router/local-push-router.js';
 import { MemoryOfflineStore } from '../../../lib/store/memory-offline-store.js';
 
@@ -474,6 +475,37 @@ describe('DeviceEngine (no sockets)', () => {
       // B's own read completed and cleared its loading state: a push to B goes out at once.
       expect((await engine.push(b.uuid, msg('for B'))).sentVia).toBe('udp');
       expect(contents(sink.to(ADDR, 43_002))).toEqual(['for B']);
+    });
+  });
+
+  describe('stores answered at once or through callbacks', () => {
+    it('a memory store subclass overriding writeThen and ackThen sees every dispatched push and ack; the plain one answers at once', async () => {
+      const calls: string[] = [];
+      class Wrapped extends MemoryOfflineStore {
+        override writeThen(...args: Parameters<MemoryOfflineStore['writeThen']>): void {
+          calls.push('writeThen');
+          super.writeThen(...args);
+        }
+        override ackThen(...args: Parameters<MemoryOfflineStore['ackThen']>): void {
+          calls.push('ackThen');
+          super.ackThen(...args);
+        }
+      }
+      for (const store of [new Wrapped(), new MemoryOfflineStore()]) {
+        calls.length = 0;
+        const { engine, sink } = setup({}, store);
+        const dispatcher = new PushDispatcher(engine, store);
+        const d = new Dev(engine);
+        d.heartbeat();
+        await flush();
+        const outcome = dispatcher.dispatch(d.uuid, msg('through'), { source: 'service' });
+        expect(contents(sink.to(ADDR, PORT))).toEqual(['through']);
+        d.ackMessage();
+        expect(await outcome).toMatchObject({ status: 'success' });
+        expect(await store.read(d.uuid)).toBeNull();
+        expect(calls).toEqual(store instanceof Wrapped ? ['writeThen', 'ackThen'] : []);
+        dispatcher.close();
+      }
     });
   });
 

@@ -87,3 +87,39 @@ describe('MemoryOfflineStore message buffers', () => {
     }
   });
 });
+
+describe('MemoryOfflineStore answered at once (writeNow, ackNow)', () => {
+  const uuid = 'fedcba9876543210fedcba9876543210';
+
+  it('writeNow and ackNow answer what writeThen and ackThen would, and change the same state', async () => {
+    const store = new MemoryOfflineStore({ maxDevices: 1 });
+    const w = store.writeNow(uuid, { kind: 'message', content: Buffer.from('now') })!;
+    expect(w).toMatchObject({ kind: 'message', replaced: 0, head: true });
+    expect(await store.read(uuid)).toMatchObject({ messageVersion: w.version, message: Buffer.from('now') });
+    const n = store.writeNow(uuid, { kind: 'notice' })!;
+    expect(store.ackNow(uuid, 'message', w.version + 1)).toMatchObject({ cleared: false });
+    expect(store.ackNow(uuid, 'message', w.version)).toMatchObject({ cleared: true, remaining: false });
+    expect(store.ackNow(uuid, 'notice', n.version)).toMatchObject({ cleared: true });
+    expect(await store.read(uuid)).toBeNull();
+    // Errors are thrown, nothing stored: the second device is over maxDevices.
+    store.writeNow(uuid, { kind: 'notice' });
+    expect(() => store.writeNow('00000000000000000000000000000001', { kind: 'notice' })).toThrow(/maxDevices/);
+    expect(store.stats().devices).toBe(1);
+  });
+
+  it('a subclass that overrides writeThen or ackThen is asked through them: writeNow and ackNow step aside', async () => {
+    class Wrapped extends MemoryOfflineStore {
+      override writeThen(...args: Parameters<MemoryOfflineStore['writeThen']>): void {
+        super.writeThen(...args);
+      }
+      override ackThen(...args: Parameters<MemoryOfflineStore['ackThen']>): void {
+        super.ackThen(...args);
+      }
+    }
+    const store = new Wrapped();
+    expect(store.writeNow(uuid, { kind: 'notice' })).toBeUndefined();
+    expect(store.ackNow(uuid, 'notice', 1)).toBeUndefined();
+    expect(await store.read(uuid)).toBeNull();
+    expect(new MemoryOfflineStore().writeNow(uuid, { kind: 'notice' })).toBeDefined();
+  });
+});
