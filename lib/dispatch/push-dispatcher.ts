@@ -145,34 +145,28 @@ export class PushDispatcher implements PushSubmitter {
   private store(uuid: string, write: PendingWrite, options: DispatchOptions, onAccepted: AcceptCallback | undefined, onOutcome: OutcomeCallback | undefined): void {
     const engine = this.engine;
     let key: string;
-    try {
-      key = engine.preparePush(uuid, write);
-    } catch (err) {
-      this.permits.release();
-      this.refuse(uuid, write.kind, options.source, asError(err), onAccepted, onOutcome);
-      return;
-    }
-    const t0 = engine.storeWriteObserver ? performance.now() : 0;
-    // A store that answers at once (memory) costs no callback; otherwise the
-    // engine's steps go on in this one callback: a push waiting for its commit
-    // keeps a single closure alive.
+    let t0 = 0;
     let now: WriteResult | undefined;
     try {
+      key = engine.preparePush(uuid, write);
+      if (engine.storeWriteObserver) t0 = performance.now();
+      // A store that answers at once (memory) costs no callback; otherwise the
+      // engine's steps go on in the one callback below: a push waiting for its
+      // commit keeps a single closure alive.
       now = engine.writePushNow(key, write);
     } catch (err) {
-      this.permits.release();
-      this.refuse(uuid, write.kind, options.source, asError(err), onAccepted, onOutcome);
+      this.notStored(uuid, write, options, asError(err), onAccepted, onOutcome);
       return;
     }
     if (now !== undefined) return this.stored(uuid, key, write, options, onAccepted, onOutcome, t0, now);
-    engine.writePush(key, write, (err, r) => {
-      if (err) {
-        this.permits.release();
-        this.refuse(uuid, write.kind, options.source, err, onAccepted, onOutcome);
-        return;
-      }
-      this.stored(uuid, key, write, options, onAccepted, onOutcome, t0, r!);
-    });
+    engine.writePush(key, write, (err, r) =>
+      err ? this.notStored(uuid, write, options, err, onAccepted, onOutcome) : this.stored(uuid, key, write, options, onAccepted, onOutcome, t0, r!),
+    );
+  }
+
+  private notStored(uuid: string, write: PendingWrite, options: DispatchOptions, err: Error, onAccepted: AcceptCallback | undefined, onOutcome: OutcomeCallback | undefined): void {
+    this.permits.release();
+    this.refuse(uuid, write.kind, options.source, err, onAccepted, onOutcome);
   }
 
   /** The store holds the push: the engine sends it if it can, then the push is followed to its outcome. */

@@ -79,12 +79,17 @@ describe('UdpOutbox', () => {
 describe('UdpOutbox, checked sends', () => {
   // A datagram larger than UDP allows fails in the kernel (EMSGSIZE), after Node accepted it.
   const tooBig = Buffer.alloc(70_000);
-
-  it('reports real send failures of the checked sends: one in checkEvery, the first included', async () => {
+  /** A device, and an outbox on a server socket checking one send in `checkEvery`, with the results it reports. */
+  async function checking(checkEvery: number) {
     const device = await bound();
     const server = await bound();
     const results: (Error | null)[] = [];
-    const out = new UdpOutbox(() => server.socket, (err) => results.push(err), 64, 4);
+    const out = new UdpOutbox(() => server.socket, (err) => results.push(err), 64, checkEvery);
+    return { device, server, results, out };
+  }
+
+  it('reports real send failures of the checked sends: one in checkEvery, the first included', async () => {
+    const { device, results, out } = await checking(4);
     for (let i = 0; i < 10; i++) out.send(tooBig, device.port, '127.0.0.1');
     out.flush();
     await new Promise((r) => setTimeout(r, 20));
@@ -100,10 +105,7 @@ describe('UdpOutbox, checked sends', () => {
   });
 
   it('checks every send with checkEvery 1, and refuses a checkEvery below 1', async () => {
-    const device = await bound();
-    const server = await bound();
-    const results: (Error | null)[] = [];
-    const out = new UdpOutbox(() => server.socket, (err) => results.push(err), 64, 1);
+    const { device, server, results, out } = await checking(1);
     for (let i = 0; i < 5; i++) out.send(tooBig, device.port, '127.0.0.1');
     out.flush();
     await until(() => results.length === 5);
