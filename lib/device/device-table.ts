@@ -236,7 +236,6 @@ function nextPow2(n: number): number {
   return p;
 }
 
-
 // Devices choose their own uuids, so a hash over part of the key, or an
 // unseeded one, would let a client craft colliding uuids and turn every probe
 // into a linear scan. All 16 bytes are mixed with a per-process random seed.

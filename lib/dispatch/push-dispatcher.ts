@@ -56,6 +56,8 @@ interface Waiter extends Deadline {
    */
   prev: Waiter | null;
   next: Waiter | null;
+  /** Order of creation (over all devices): a walk of a list skips waiters created after it began. */
+  seq: number;
 }
 
 /** How `dispatchThen` reports acceptance: the dispatch once stored, or why it was not. */
@@ -83,6 +85,8 @@ export class PushDispatcher implements PushSubmitter {
    */
   private readonly waiters = new Map<string, Waiter>();
   private readonly deadlines = new DeadlineQueue<Waiter>((w) => this.expire(w));
+  /** `seq` of the last waiter created. */
+  private lastSeq = 0;
   private readonly outcomes$ = new Subject<PushOutcome>();
   private sub: Subscription | undefined;
   readonly counters: Record<PushStatus, number> = { success: 0, offline: 0, timeout: 0, failure: 0, replaced: 0 };
@@ -158,9 +162,9 @@ export class PushDispatcher implements PushSubmitter {
       this.notStored(uuid, write, options, asError(err), onAccepted, onOutcome);
       return;
     }
-    if (now !== undefined) return this.stored(uuid, key, write, options, onAccepted, onOutcome, t0, now);
+    if (now !== undefined) return this.stored(key, write, options, onAccepted, onOutcome, t0, now);
     engine.writePush(key, write, (err, r) =>
-      err ? this.notStored(uuid, write, options, err, onAccepted, onOutcome) : this.stored(uuid, key, write, options, onAccepted, onOutcome, t0, r!),
+      err ? this.notStored(uuid, write, options, err, onAccepted, onOutcome) : this.stored(key, write, options, onAccepted, onOutcome, t0, r!),
     );
   }
 
@@ -171,7 +175,6 @@ export class PushDispatcher implements PushSubmitter {
 
   /** The store holds the push: the engine sends it if it can, then the push is followed to its outcome. */
   private stored(
-    uuid: string,
     key: string,
     write: PendingWrite,
     options: DispatchOptions,
@@ -255,6 +258,7 @@ export class PushDispatcher implements PushSubmitter {
       resolve: onOutcome,
       prev: null,
       next: null,
+      seq: ++this.lastSeq,
     };
     const head = this.waiters.get(d.uuid);
     if (head) {
@@ -290,15 +294,17 @@ export class PushDispatcher implements PushSubmitter {
   }
 
   /**
-   * Calls `fn` on each waiting push of a device, oldest first. `fn` may
-   * settle it, and outcome callbacks run inside may push to or settle other
-   * waiters of the device: if the next one is settled meanwhile, the walk
-   * starts over from the head (waiters already seen did not match, and are
-   * seen again at no harm).
+   * Calls `fn` on each push of a device that was waiting when the walk began,
+   * oldest first. `fn` may settle it, and outcome callbacks run inside may
+   * push to or settle other waiters of the device: a push made meanwhile is
+   * not visited (the event being handled is not about it), and if the next
+   * waiter is settled meanwhile the walk starts over from the head (waiters
+   * already seen did not match, and are seen again at no harm).
    */
   private eachWaiter(uuid: string, fn: (w: Waiter) => void): void {
+    const limit = this.lastSeq;
     let w = this.waiters.get(uuid);
-    while (w) {
+    while (w && w.seq <= limit) {
       const next = w.next;
       fn(w);
       w = next && next.settled ? this.waiters.get(uuid) : (next ?? undefined);

@@ -111,6 +111,31 @@ describe('PushDispatcher: waiting pushes of one device', () => {
     expect(internals.deadlines.size).toBe(0);
   });
 
+  it('a push made by an outcome callback during an ack is not settled by that ack', async () => {
+    const t = await h.start(pushAppModule({}));
+    const d = await h.device(t, { uuid: uid(), autoAck: false });
+    const dispatcher = t.app.get(PushDispatcher);
+    const seen: string[] = [];
+    const watch = (label: string, then?: () => void) =>
+      dispatcher.dispatchThen(d.uuid, { kind: 'notice' }, { source: 'service', timeoutMs: 5_000 }, undefined, (o) => {
+        seen.push(`${label}:${o.status}`);
+        then?.();
+      });
+    // Two notices waiting; when the first settles, its callback pushes a third notice (sent at once).
+    watch('n1', () => watch('n3'));
+    watch('n2');
+    await until(() => d.inbox.length === 2, 3_000, 'two notice frames');
+    d.client.ack('notice');
+    d.client.ack('notice');
+    await until(() => seen.length >= 2 && d.inbox.length === 3, 3_000, 'two outcomes and the third frame');
+    await new Promise((r) => setTimeout(r, 50));
+    // The ack answered the second frame: it settles n1 and n2, not n3, whose frame it never saw.
+    expect(seen).toEqual(['n1:success', 'n2:success']);
+    d.client.ack('notice');
+    await until(() => seen.length === 3, 3_000, 'the outcome of n3');
+    expect(seen[2]).toBe('n3:success');
+  });
+
   it('app close settles every waiter of every device, in order, and empties the lists', async () => {
     const t = await h.start(pushAppModule({}));
     const a = await h.device(t, { uuid: uid(), autoAck: false });
