@@ -11,6 +11,7 @@ import { asError, type OfflineStore, OfflineStoreFullError, type PendingWrite, t
 import type { PushCluster } from '../cluster/push-cluster.js';
 import { type Deadline, DeadlineQueue } from './deadline-queue.js';
 import { PermitPool, PermitQueueFullError } from './permit-pool.js';
+import { addFillers, FILLER_KEYS } from '../util/map-fillers.js';
 
 /** Limits of the dispatcher. */
 export interface PushDispatcherOptions {
@@ -81,9 +82,10 @@ export class PushDispatcher implements PushSubmitter {
    * Per device, the head of its list of waiting pushes (see `Waiter.prev`).
    * Links in the waiters rather than an array per device: a push to an
    * online device then costs no array, and settling one is O(1). Bounded by
-   * the in-flight slots (`maxInFlight`): every waiter holds one.
+   * the in-flight slots (`maxInFlight`): every waiter holds one. Behind
+   * `FILLER_KEYS` fillers holding `null` (see `addFillers`).
    */
-  private readonly waiters = new Map<string, Waiter>();
+  private readonly waiters = new Map<string, Waiter | null>();
   private readonly deadlines = new DeadlineQueue<Waiter>((w) => this.expire(w));
   /** `seq` of the last waiter created. */
   private lastSeq = 0;
@@ -99,6 +101,7 @@ export class PushDispatcher implements PushSubmitter {
   ) {
     this.timeoutMs = options.timeoutMs ?? 3000;
     this.permits = new PermitPool(options.maxInFlight ?? 100_000, options.maxQueued ?? 10_000);
+    addFillers(this.waiters, null);
     const unlisten = engine.listen((e) => this.onEvent(e));
     this.sub = new Subscription(unlisten);
     this.sub.add(store.drops.subscribe((d) => this.onStoreDrop(d)));
@@ -117,6 +120,11 @@ export class PushDispatcher implements PushSubmitter {
 
   get queued(): number {
     return this.permits.queued;
+  }
+
+  /** Devices with at least one push waiting for its outcome. */
+  get waitingDevices(): number {
+    return this.waiters.size - FILLER_KEYS;
   }
 
   /**

@@ -1,6 +1,8 @@
 import { CLEARED, NOT_PENDING, OTHER_PENDING } from './ack-results.js';
 import { ownBuffer } from './own-buffer.util.js';
 import { VersionCounter } from './version-counter.js';
+import { InvalidUuidError } from '../protocol/uuid.util.js';
+import { addFillers, FILLER_KEYS } from '../util/map-fillers.js';
 import { asError, OfflineStore, OfflineStoreFullError, type AckCallback, type AckResult, type WriteCallback, type OfflineStoreStats, type PendingState, type PendingWrite, type WriteResult } from './offline-store.js';
 
 /** Options of the in-memory store. */
@@ -23,6 +25,9 @@ interface Entry {
   /** In `borrowed`: its message may be a view of a larger buffer, not yet copied. */
   borrowed: boolean;
 }
+
+/** The value of the entries Map's fillers (never a device's). */
+const FILLER: Entry = Object.freeze({ notice: 0, category: 0n, categoryVersion: 0, message: null, messageVersion: 0, touched: Infinity, borrowed: false }) as Entry;
 
 const NO_REPLACE = 0;
 /**
@@ -56,6 +61,7 @@ const MAX_BORROWED_BYTES = 64 * 1024 * 1024;
  * 100 ms later: pushes acked sooner cost no copy.
  */
 export class MemoryOfflineStore extends OfflineStore {
+  /** Pending state per device, in touch order, behind `FILLER_KEYS` fillers (see `addFillers`). */
   private readonly entries = new Map<string, Entry>();
   /** Entries whose message may be a borrowed view (see `BORROW_MS`). */
   private borrowed: Entry[] = [];
@@ -76,6 +82,12 @@ export class MemoryOfflineStore extends OfflineStore {
     this.maxBytes = options.maxBytes ?? 256 * 1024 * 1024;
     this.ttlMs = options.ttlMs ?? 50 * 3600_000;
     this.touchGranularityMs = Math.min(60_000, Math.max(1, Math.floor(this.ttlMs / 100)));
+    addFillers(this.entries, FILLER);
+  }
+
+  /** Devices with something pending. */
+  private get deviceCount(): number {
+    return this.entries.size - FILLER_KEYS;
   }
 
   private sweepTimer: NodeJS.Timeout | undefined;
@@ -112,13 +124,15 @@ export class MemoryOfflineStore extends OfflineStore {
 
   private writeSync(uuid: string, push: PendingWrite): WriteResult {
     let e = this.entries.get(uuid);
+    // Keys come normalised from the engine; a caller of the store itself passing a filler's key gets what any non-uuid gets.
+    if (e === FILLER) throw new InvalidUuidError(uuid);
     if (push.kind === 'message') {
       const delta = push.content.length - (e?.message?.length ?? 0);
       if (this.bytes + delta > this.maxBytes) throw new OfflineStoreFullError('maxBytes', this.maxBytes);
     }
     const now = Date.now();
     if (!e) {
-      if (this.entries.size >= this.maxDevices) throw new OfflineStoreFullError('maxDevices', this.maxDevices);
+      if (this.deviceCount >= this.maxDevices) throw new OfflineStoreFullError('maxDevices', this.maxDevices);
       e = { notice: 0, category: 0n, categoryVersion: 0, message: null, messageVersion: 0, touched: now, borrowed: false };
       this.entries.set(uuid, e);
     } else if (now - e.touched >= this.touchGranularityMs) {
@@ -151,7 +165,7 @@ export class MemoryOfflineStore extends OfflineStore {
 
   read(uuid: string): Promise<PendingState | null> {
     const e = this.entries.get(uuid);
-    if (!e) return Promise.resolve(null);
+    if (!e || e === FILLER) return Promise.resolve(null);
     return Promise.resolve({
       notice: e.notice,
       category: e.category,
@@ -192,7 +206,7 @@ export class MemoryOfflineStore extends OfflineStore {
 
   ackCategory(uuid: string, mask: bigint): Promise<bigint> {
     const e = this.entries.get(uuid);
-    if (!e) return Promise.resolve(0n);
+    if (!e || e === FILLER) return Promise.resolve(0n);
     e.category &= ~BigInt.asUintN(64, mask);
     e.category = BigInt.asUintN(64, e.category);
     if (e.category === 0n) e.categoryVersion = 0;
@@ -217,7 +231,7 @@ export class MemoryOfflineStore extends OfflineStore {
 
   remove(uuid: string): Promise<void> {
     const e = this.entries.get(uuid);
-    if (e) {
+    if (e && e !== FILLER) {
       this.bytes -= e.message?.length ?? 0;
       e.message = null;
       this.entries.delete(uuid);
@@ -232,6 +246,7 @@ export class MemoryOfflineStore extends OfflineStore {
   sweep(now = Date.now(), budget = 10_000): number {
     let dropped = 0;
     for (const [uuid, e] of this.entries) {
+      if (e === FILLER) continue;
       if (dropped >= budget || now - e.touched < this.ttlMs) break;
       this.bytes -= e.message?.length ?? 0;
       e.message = null;
@@ -242,7 +257,7 @@ export class MemoryOfflineStore extends OfflineStore {
   }
 
   stats(): OfflineStoreStats {
-    return { devices: this.entries.size, bytes: this.bytes, maxDevices: this.maxDevices, maxBytes: this.maxBytes };
+    return { devices: this.deviceCount, bytes: this.bytes, maxDevices: this.maxDevices, maxBytes: this.maxBytes };
   }
 
   /**

@@ -123,3 +123,25 @@ describe('MemoryOfflineStore answered at once (writeNow, ackNow)', () => {
     expect(new MemoryOfflineStore().writeNow(uuid, { kind: 'notice' })).toBeDefined();
   });
 });
+
+describe('MemoryOfflineStore table fillers', () => {
+  it('its Map fillers are invisible: not counted, not swept, not readable, writable or removable through their keys', async () => {
+    const store = new MemoryOfflineStore({ maxDevices: 2, ttlMs: 1 });
+    expect(store.stats().devices).toBe(0);
+    for (const key of ['~0', '~255']) {
+      expect(() => store.writeNow(key, { kind: 'notice' })).toThrow(/Invalid device uuid/);
+      await expect(store.write(key, { kind: 'notice' })).rejects.toThrow(/Invalid device uuid/);
+      expect(await store.read(key)).toBeNull();
+      expect(await store.ackCategory(key, 1n)).toBe(0n);
+      expect(await store.ackNotice(key, 1)).toMatchObject({ cleared: false });
+      await store.remove(key);
+    }
+    // Two real devices fit under maxDevices 2, and sweeping skips the fillers to reach them.
+    await store.write('00000000000000000000000000000001', { kind: 'notice' });
+    await store.write('00000000000000000000000000000002', { kind: 'notice' });
+    expect(store.stats().devices).toBe(2);
+    await expect(store.write('00000000000000000000000000000003', { kind: 'notice' })).rejects.toThrow(/maxDevices/);
+    expect(store.sweep(Date.now() + 10)).toBe(2);
+    expect(store.stats().devices).toBe(0);
+  });
+});
