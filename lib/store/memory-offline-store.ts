@@ -22,12 +22,15 @@ interface Entry {
   message: Buffer | null;
   messageVersion: number;
   touched: number;
-  /** In `borrowed`: its message may be a view of a larger buffer, not yet copied. */
-  borrowed: boolean;
+  /**
+   * Index in `borrowed` (its message may be a view of a larger buffer, not
+   * yet copied), or -1.
+   */
+  borrowSlot: number;
 }
 
 /** The value of the entries Map's fillers (never a device's). */
-const FILLER: Entry = Object.freeze({ notice: 0, category: 0n, categoryVersion: 0, message: null, messageVersion: 0, touched: Infinity, borrowed: false }) as Entry;
+const FILLER: Entry = Object.freeze({ notice: 0, category: 0n, categoryVersion: 0, message: null, messageVersion: 0, touched: Infinity, borrowSlot: -1 }) as Entry;
 
 const NO_REPLACE = 0;
 /**
@@ -133,7 +136,7 @@ export class MemoryOfflineStore extends OfflineStore {
     const now = Date.now();
     if (!e) {
       if (this.deviceCount >= this.maxDevices) throw new OfflineStoreFullError('maxDevices', this.maxDevices);
-      e = { notice: 0, category: 0n, categoryVersion: 0, message: null, messageVersion: 0, touched: now, borrowed: false };
+      e = { notice: 0, category: 0n, categoryVersion: 0, message: null, messageVersion: 0, touched: now, borrowSlot: -1 };
       this.entries.set(uuid, e);
     } else if (now - e.touched >= this.touchGranularityMs) {
       // Re-inserting moves an entry to the end of the Map (touch order, which
@@ -224,6 +227,7 @@ export class MemoryOfflineStore extends OfflineStore {
     if (e.messageVersion !== version) return OTHER_PENDING;
     this.bytes -= e.message?.length ?? 0;
     e.message = null;
+    this.unborrow(e);
     e.messageVersion = 0;
     this.dropIfEmpty(uuid, e);
     return CLEARED;
@@ -234,6 +238,7 @@ export class MemoryOfflineStore extends OfflineStore {
     if (e && e !== FILLER) {
       this.bytes -= e.message?.length ?? 0;
       e.message = null;
+      this.unborrow(e);
       this.entries.delete(uuid);
     }
     return Promise.resolve();
@@ -250,6 +255,7 @@ export class MemoryOfflineStore extends OfflineStore {
       if (dropped >= budget || now - e.touched < this.ttlMs) break;
       this.bytes -= e.message?.length ?? 0;
       e.message = null;
+      this.unborrow(e);
       this.entries.delete(uuid);
       dropped++;
     }
@@ -269,10 +275,7 @@ export class MemoryOfflineStore extends OfflineStore {
   private keep(e: Entry, content: Buffer): void {
     e.message = content;
     if (content.byteLength === content.buffer.byteLength) return;
-    if (!e.borrowed) {
-      e.borrowed = true;
-      this.borrowed.push(e);
-    }
+    if (e.borrowSlot < 0) e.borrowSlot = this.borrowed.push(e) - 1;
     if (content.buffer !== this.lastBorrowedBuffer) {
       this.lastBorrowedBuffer = content.buffer;
       this.borrowedBytes += content.buffer.byteLength;
@@ -297,8 +300,26 @@ export class MemoryOfflineStore extends OfflineStore {
     this.lastBorrowedBuffer = null;
     for (let i = 0; i < list.length; i++) {
       const e = list[i]!;
-      e.borrowed = false;
+      e.borrowSlot = -1;
       if (e.message) e.message = ownBuffer(e.message);
+    }
+  }
+
+  /**
+   * Takes an entry whose message is gone (acked, removed, expired) out of
+   * `borrowed` at once (swapping the last one into its place). Why: held
+   * there until the copy timer, every acked push's entry would outlive the
+   * young generation, and the collector would copy and then mark it.
+   */
+  private unborrow(e: Entry): void {
+    const i = e.borrowSlot;
+    if (i < 0) return;
+    e.borrowSlot = -1;
+    const list = this.borrowed;
+    const last = list.pop()!;
+    if (last !== e) {
+      list[i] = last;
+      last.borrowSlot = i;
     }
   }
 

@@ -50,6 +50,33 @@ describe('MemoryOfflineStore message buffers', () => {
     }
   });
 
+  it('lets go of an entry whose message is acked or removed at once, not when the copy timer runs', async () => {
+    const store = new MemoryOfflineStore();
+    const held = () => (store as unknown as { borrowed: unknown[] }).borrowed.length;
+    try {
+      const chunk = Buffer.alloc(4000, 1);
+      const versions: number[] = [];
+      for (let i = 0; i < 5; i++) versions.push((await store.write(uuidN(i), { kind: 'message', content: chunk.subarray(i * 100, i * 100 + 50) })).version);
+      expect(held()).toBe(5);
+      // From the middle, the end and the front of the list; a replaced message stays held once.
+      await store.ackMessage(uuidN(2), versions[2]!);
+      await store.ackMessage(uuidN(4), versions[4]!);
+      await store.remove(uuidN(0));
+      expect(held()).toBe(2);
+      await store.write(uuidN(1), { kind: 'message', content: chunk.subarray(1000, 1050) });
+      expect(held()).toBe(2);
+      // The ones still pending are still copied by the timer.
+      await new Promise((r) => setTimeout(r, 250));
+      expect(held()).toBe(0);
+      for (const i of [1, 3]) {
+        const m = (await store.read(uuidN(i)))!.message!;
+        expect(m.byteLength).toBe(m.buffer.byteLength);
+      }
+    } finally {
+      await store.close();
+    }
+  });
+
   it('holds at most 16,384 views: the write that reaches the bound copies them all at once', async () => {
     const store = new MemoryOfflineStore();
     try {
