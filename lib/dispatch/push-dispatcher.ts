@@ -11,7 +11,7 @@ import { asError, type OfflineStore, OfflineStoreFullError, type PendingWrite, t
 import type { PushCluster } from '../cluster/push-cluster.js';
 import { type Deadline, DeadlineQueue } from './deadline-queue.js';
 import { PermitPool, PermitQueueFullError } from './permit-pool.js';
-import { addFillers, FILLER_KEYS } from '../util/map-fillers.js';
+import { addFillers, FILLER_KEYS } from '../util/map-fillers.util.js';
 
 /** Limits of the dispatcher. */
 export interface PushDispatcherOptions {

@@ -2,7 +2,7 @@ import { CLEARED, NOT_PENDING, OTHER_PENDING } from './ack-results.js';
 import { ownBuffer } from './own-buffer.util.js';
 import { VersionCounter } from './version-counter.js';
 import { InvalidUuidError } from '../protocol/uuid.util.js';
-import { addFillers, FILLER_KEYS } from '../util/map-fillers.js';
+import { addFillers, FILLER_KEYS } from '../util/map-fillers.util.js';
 import { asError, OfflineStore, OfflineStoreFullError, type AckCallback, type AckResult, type WriteCallback, type OfflineStoreStats, type PendingState, type PendingWrite, type WriteResult } from './offline-store.js';
 
 /** Options of the in-memory store. */
