@@ -89,6 +89,9 @@ export class PushDispatcher implements PushSubmitter {
   private readonly deadlines = new DeadlineQueue<Waiter>((w) => this.expire(w));
   /** `seq` of the last waiter created. */
   private lastSeq = 0;
+  /** Version and device of the message being sent for the first time by `stored` (0: none); see `onSent`. */
+  private ownMessage = 0;
+  private ownKey = '';
   private readonly outcomes$ = new Subject<PushOutcome>();
   private sub: Subscription | undefined;
   readonly counters: Record<PushStatus, number> = { success: 0, offline: 0, timeout: 0, failure: 0, replaced: 0 };
@@ -191,7 +194,15 @@ export class PushDispatcher implements PushSubmitter {
     t0: number,
     r: WriteResult,
   ): void {
-    const d = this.engine.pushStored(key, write, r, t0);
+    // The message's own first send (inside pushStored) can match no waiter: its own is made below.
+    this.ownMessage = write.kind === 'message' ? r.version : 0;
+    this.ownKey = key;
+    let d: PushDispatch;
+    try {
+      d = this.engine.pushStored(key, write, r, t0);
+    } finally {
+      this.ownMessage = 0;
+    }
     const now = Date.now();
     onAccepted?.(null, d);
     if (d.replaced) this.settleVersion(d.uuid, 'message', d.replaced, 'replaced', now);
@@ -361,6 +372,8 @@ export class PushDispatcher implements PushSubmitter {
   }
 
   private onSent(e: DeviceSentEvent): void {
+    // A message frame carries one version, and this one's waiter does not exist yet: no lookup.
+    if (e.version === this.ownMessage && e.kind === 'message' && e.uuid === this.ownKey) return;
     const head = this.waiters.get(e.uuid);
     if (!head) return;
     // One notice or category frame carries every earlier push of its kind

@@ -9,6 +9,7 @@ import { decodeClientFrame, encodeClientFrame } from '../../../lib/protocol/clie
 import { ClientCmd, ServerCmd } from '../../../lib/protocol/protocol.constants.js';
 import { decodeServerFrame, type ServerFrame } from '../../../lib/protocol/server-frame.codec.js';
 import { PushDispatcher } from '../../../lib/dispatch/push-dispatcher.js';
+import type { PushOutcome } from '../../../lib/interfaces/push-outcome.interface.js';
 import { LocalPushRouter } from '../../../lib/router/local-push-router.js';
 import { MemoryOfflineStore } from '../../../lib/store/memory-offline-store.js';
 
@@ -679,6 +680,26 @@ describe('DeviceEngine (no sockets)', () => {
       expect(frames).toHaveLength(2);
       expect(frames[1]!.content.equals(Buffer.alloc(500, 2))).toBe(true);
       expect(events.filter((e) => e.type === 'sent').at(-1)).toMatchObject({ version: second.version, resend: true });
+    });
+
+    it("through the dispatcher: a message not sent at once (budget spent) settles when the heartbeat sends it (ack: 'none'), with its send time", async () => {
+      const { engine, store } = setup({ udpReplyFactor: 32 });
+      const dispatcher = new PushDispatcher(engine, store);
+      const d = new Dev(engine);
+      d.heartbeat(); // 672 bytes of credit
+      await flush();
+      const first = await dispatcher.dispatch(d.uuid, { kind: 'message', content: Buffer.alloc(500, 1) }, { source: 'service', ack: 'none' });
+      expect(first).toMatchObject({ status: 'success', transport: 'udp' });
+      let second: PushOutcome | undefined;
+      void dispatcher.dispatch(d.uuid, { kind: 'message', content: Buffer.alloc(500, 2) }, { source: 'service', ack: 'none', timeoutMs: 2_000 }).then((o) => (second = o));
+      await flush();
+      expect(second).toBeUndefined(); // budget spent: not sent yet, waiting
+      d.heartbeat();
+      await flush();
+      await flush();
+      expect(second).toMatchObject({ status: 'success', transport: 'udp' });
+      expect(second!.timeline.sent).toBeGreaterThan(0);
+      dispatcher.close();
     });
 
     it('udpReplyFactor 0 disables the budget', async () => {
