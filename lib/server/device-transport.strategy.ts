@@ -157,7 +157,7 @@ export class DeviceTransportStrategy extends PushTransportServer<DeviceTransport
         if (port !== 0 || attempt >= 5) throw err;
       }
     }
-    // The callback is what reports a failed send (Node emits no 'error' for it).
+    // Sends go through the outbox: a sampled completion callback is what reports failed sends (Node emits no 'error' for them).
     this.engine.attachUdp(this.udp ? this.outbox : undefined);
     this.engine.start();
     // Idleness is judged on the frames the device sends (heartbeats), not on
