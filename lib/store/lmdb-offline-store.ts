@@ -30,6 +30,8 @@ import {
   type WriteCallback,
   type WriteResult,
   asError,
+  ACK_PROMISE_FORM,
+  onlyReplaced,
 } from './offline-store.js';
 import { CLEARED, CLEARED_MORE, NOT_PENDING, OTHER_PENDING } from './ack-results.js';
 import { VersionCounter } from './version-counter.js';
@@ -399,13 +401,23 @@ export class LmdbOfflineStore extends OfflineStore {
 
   // ------------------------------------------------------------ operations
 
-  /** Wraps `writeThen`, which is what pushes go through: a subclass changes both by overriding `writeThen`. */
+  /** A subclass may override this or `writeThen` (what pushes go through): either way both reach the override (see `onlyReplaced`). */
   write(uuid: string, push: PendingWrite): Promise<WriteResult> {
-    return new Promise((resolve, reject) => this.writeThen(uuid, push, (err, r) => (err ? reject(err) : resolve(r!))));
+    return new Promise((resolve, reject) => {
+      const done: WriteCallback = (err, r) => (err ? reject(err) : resolve(r!));
+      if (onlyReplaced(this, LmdbOfflineStore, 'writeThen', 'write')) this.writeThen(uuid, push, done);
+      else this.writeCore(uuid, push, done);
+    });
+  }
+
+  override writeThen(uuid: string, push: PendingWrite, done: WriteCallback): void {
+    // Only `write` overridden: the base class's adapter calls it.
+    if (onlyReplaced(this, LmdbOfflineStore, 'write', 'writeThen')) return super.writeThen(uuid, push, done);
+    this.writeCore(uuid, push, done);
   }
 
   /** Writers wait for their batch's commit (and, with `sync`, its flush); one loop wakes them all. */
-  override writeThen(uuid: string, push: PendingWrite, done: WriteCallback): void {
+  private writeCore(uuid: string, push: PendingWrite, done: WriteCallback): void {
     try {
       this.checkWritable();
       const e = this.lookup(uuid, true);
@@ -502,11 +514,26 @@ export class LmdbOfflineStore extends OfflineStore {
   }
 
   ackNotice(uuid: string, version: number): Promise<AckResult> {
-    return new Promise((resolve, reject) => this.ackThen(uuid, 'notice', version, (err, r) => (err ? reject(err) : resolve(r!))));
+    return this.ackPromise(uuid, 'notice', version);
+  }
+
+  /** A subclass may override this or `ackNotice`/`ackMessage`: either way both reach the override. */
+  override ackThen(uuid: string, kind: 'notice' | 'message', version: number, done: AckCallback): void {
+    // Only the promise form overridden: the base class's adapter calls it.
+    if (onlyReplaced(this, LmdbOfflineStore, ACK_PROMISE_FORM[kind], 'ackThen')) return super.ackThen(uuid, kind, version, done);
+    this.ackCore(uuid, kind, version, done);
+  }
+
+  private ackPromise(uuid: string, kind: 'notice' | 'message', version: number): Promise<AckResult> {
+    return new Promise((resolve, reject) => {
+      const done: AckCallback = (err, r) => (err ? reject(err) : resolve(r!));
+      if (onlyReplaced(this, LmdbOfflineStore, 'ackThen', ACK_PROMISE_FORM[kind])) this.ackThen(uuid, kind, version, done);
+      else this.ackCore(uuid, kind, version, done);
+    });
   }
 
   /** Acks that change a record wait for their batch's commit; one loop wakes them all. */
-  override ackThen(uuid: string, kind: 'notice' | 'message', version: number, done: AckCallback): void {
+  private ackCore(uuid: string, kind: 'notice' | 'message', version: number, done: AckCallback): void {
     try {
       const e = this.lookup(uuid, this.cacheSize > 0);
       const rec = e.rec;
@@ -560,7 +587,7 @@ export class LmdbOfflineStore extends OfflineStore {
   }
 
   ackMessage(uuid: string, version: number): Promise<AckResult> {
-    return new Promise((resolve, reject) => this.ackThen(uuid, 'message', version, (err, r) => (err ? reject(err) : resolve(r!))));
+    return this.ackPromise(uuid, 'message', version);
   }
 
   remove(uuid: string): Promise<void> {

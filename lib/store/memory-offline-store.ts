@@ -3,7 +3,7 @@ import { ownBuffer } from './own-buffer.util.js';
 import { VersionCounter } from './version-counter.js';
 import { InvalidUuidError } from '../protocol/uuid.util.js';
 import { addFillers, FILLER_KEYS } from '../util/map-fillers.util.js';
-import { asError, OfflineStore, OfflineStoreFullError, type AckCallback, type AckResult, type WriteCallback, type OfflineStoreStats, type PendingState, type PendingWrite, type WriteResult } from './offline-store.js';
+import { ACK_PROMISE_FORM, asError, OfflineStore, OfflineStoreFullError, onlyReplaced, type AckCallback, type AckResult, type WriteCallback, type OfflineStoreStats, type PendingState, type PendingWrite, type WriteResult } from './offline-store.js';
 
 /** Options of the in-memory store. */
 export interface MemoryOfflineStoreOptions {
@@ -109,12 +109,24 @@ export class MemoryOfflineStore extends OfflineStore {
     this.borrowTimer = undefined;
   }
 
-  /** Wraps `writeThen`, which is what pushes go through: a subclass changes both by overriding `writeThen`. */
+  /**
+   * Stores at once. A subclass may override this or `writeThen` (what pushes
+   * go through): either way both reach the override (see `onlyReplaced`).
+   */
   write(uuid: string, push: PendingWrite): Promise<WriteResult> {
-    return new Promise((resolve, reject) => this.writeThen(uuid, push, (err, r) => (err ? reject(err) : resolve(r!))));
+    if (onlyReplaced(this, MemoryOfflineStore, 'writeThen', 'write')) {
+      return new Promise((resolve, reject) => this.writeThen(uuid, push, (err, r) => (err ? reject(err) : resolve(r!))));
+    }
+    try {
+      return Promise.resolve(this.writeSync(uuid, push));
+    } catch (err) {
+      return Promise.reject(asError(err));
+    }
   }
 
   override writeThen(uuid: string, push: PendingWrite, done: WriteCallback): void {
+    // Only `write` overridden: the base class's adapter calls it.
+    if (onlyReplaced(this, MemoryOfflineStore, 'write', 'writeThen')) return super.writeThen(uuid, push, done);
     let r: WriteResult;
     try {
       r = this.writeSync(uuid, push);
@@ -179,23 +191,39 @@ export class MemoryOfflineStore extends OfflineStore {
   }
 
   ackNotice(uuid: string, version: number): Promise<AckResult> {
-    return Promise.resolve(this.ackNoticeSync(uuid, version));
+    return this.ackPromise(uuid, 'notice', version);
   }
 
+  /** Acks at once. A subclass may override this or `ackNotice`/`ackMessage`: either way both reach the override. */
   override ackThen(uuid: string, kind: 'notice' | 'message', version: number, done: AckCallback): void {
-    done(null, kind === 'notice' ? this.ackNoticeSync(uuid, version) : this.ackMessageSync(uuid, version));
+    // Only the promise form overridden: the base class's adapter calls it.
+    if (onlyReplaced(this, MemoryOfflineStore, ACK_PROMISE_FORM[kind], 'ackThen')) return super.ackThen(uuid, kind, version, done);
+    done(null, this.ackSync(uuid, kind, version));
   }
 
-  /** A subclass that overrides `ackThen` is asked through it: then `undefined`. */
+  private ackPromise(uuid: string, kind: 'notice' | 'message', version: number): Promise<AckResult> {
+    if (onlyReplaced(this, MemoryOfflineStore, 'ackThen', ACK_PROMISE_FORM[kind])) {
+      return new Promise((resolve, reject) => this.ackThen(uuid, kind, version, (err, r) => (err ? reject(err) : resolve(r!))));
+    }
+    return Promise.resolve(this.ackSync(uuid, kind, version));
+  }
+
+  /** A subclass that overrides `ackThen`, `ackNotice` or `ackMessage` is asked through them: then `undefined`. */
   override ackNow(uuid: string, kind: 'notice' | 'message', version: number): AckResult | undefined {
-    if (this.ackThen !== MemoryOfflineStore.prototype.ackThen) return undefined;
-    return kind === 'notice' ? this.ackNoticeSync(uuid, version) : this.ackMessageSync(uuid, version);
+    const own = MemoryOfflineStore.prototype;
+    if (this.ackThen !== own.ackThen || this.ackNotice !== own.ackNotice || this.ackMessage !== own.ackMessage) return undefined;
+    return this.ackSync(uuid, kind, version);
   }
 
-  /** A subclass that overrides `writeThen` (a slower or failing store in tests) is asked through it: then `undefined`. */
+  /** A subclass that overrides `writeThen` or `write` (a slower or failing store in tests, an audit) is asked through them: then `undefined`. */
   override writeNow(uuid: string, push: PendingWrite): WriteResult | undefined {
-    if (this.writeThen !== MemoryOfflineStore.prototype.writeThen) return undefined;
+    const own = MemoryOfflineStore.prototype;
+    if (this.writeThen !== own.writeThen || this.write !== own.write) return undefined;
     return this.writeSync(uuid, push);
+  }
+
+  private ackSync(uuid: string, kind: 'notice' | 'message', version: number): AckResult {
+    return kind === 'notice' ? this.ackNoticeSync(uuid, version) : this.ackMessageSync(uuid, version);
   }
 
   private ackNoticeSync(uuid: string, version: number): AckResult {
@@ -218,7 +246,7 @@ export class MemoryOfflineStore extends OfflineStore {
   }
 
   ackMessage(uuid: string, version: number): Promise<AckResult> {
-    return Promise.resolve(this.ackMessageSync(uuid, version));
+    return this.ackPromise(uuid, 'message', version);
   }
 
   private ackMessageSync(uuid: string, version: number): AckResult {

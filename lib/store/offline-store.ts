@@ -181,3 +181,24 @@ export abstract class OfflineStore {
 export function asError(err: unknown): Error {
   return err instanceof Error ? err : new Error(String(err));
 }
+
+/** The operations a built-in store implements in both forms: each callback form with its promise forms. */
+type DualForm = 'write' | 'writeThen' | 'ackNotice' | 'ackMessage' | 'ackThen';
+
+/** The promise form of `ackThen` for each kind. @internal */
+export const ACK_PROMISE_FORM = { notice: 'ackNotice', message: 'ackMessage' } as const;
+
+/**
+ * For a built-in store that implements an operation in both forms (`write`
+ * and `writeThen`; `ackNotice`/`ackMessage` and `ackThen`): true when a
+ * subclass of `own` replaced `replaced` but not `kept`. Why: whichever form
+ * a subclass overrides, every caller must reach it. Pushes and device acks
+ * use the callback forms, direct callers the promise forms; a subclass that
+ * audits writes by overriding `write` (the documented abstract method) would
+ * otherwise never see a push. So `kept`, running as itself, hands the call to
+ * `replaced`; running as `super.kept` (both replaced), it does the work.
+ * @internal
+ */
+export function onlyReplaced(store: OfflineStore, own: { prototype: OfflineStore }, replaced: DualForm, kept: DualForm): boolean {
+  return store[replaced] !== own.prototype[replaced] && store[kept] === own.prototype[kept];
+}

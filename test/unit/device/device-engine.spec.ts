@@ -1,5 +1,8 @@
 import { randomBytes } from 'node:crypto';
-import { afterEach, describe, expect, it, vi } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { DeviceEngine, type DeviceLink, type UdpSink } from '../../../lib/device/device-engine.js';
 import { type DeviceEngineOptions, resolveDeviceEngineOptions } from '../../../lib/device/device-engine.options.js';
 import type { DeviceEvent } from '../../../lib/device/device-event.interface.js';
@@ -12,6 +15,7 @@ import { PushDispatcher } from '../../../lib/dispatch/push-dispatcher.js';
 import type { PushOutcome } from '../../../lib/interfaces/push-outcome.interface.js';
 import { LocalPushRouter } from '../../../lib/router/local-push-router.js';
 import { MemoryOfflineStore } from '../../../lib/store/memory-offline-store.js';
+import { LmdbOfflineStore } from '../../../lib/store/lmdb-offline-store.js';
 
 /** The engine's own UDP port: records every datagram it is asked to send. */
 class RecordingUdpSink implements UdpSink {
@@ -508,6 +512,69 @@ describe('DeviceEngine (no sockets)', () => {
         dispatcher.close();
       }
     });
+
+    // Whichever form of write and ack a subclass of a built-in store overrides, pushes, device acks and
+    // direct callers all reach it, and a `super` call does the work (it does not loop back to the override).
+    type Style = 'only the promise forms' | 'only the callback forms' | 'both forms';
+    function audited(Base: typeof MemoryOfflineStore | typeof LmdbOfflineStore, style: Style, calls: string[]) {
+      const promise = style !== 'only the callback forms';
+      const callback = style !== 'only the promise forms';
+      const Audited = class extends (Base as typeof MemoryOfflineStore) {};
+      const proto = Audited.prototype as unknown as Record<string, unknown>;
+      const baseProto = Base.prototype as unknown as Record<string, (...a: unknown[]) => unknown>;
+      const names = [...(promise ? ['write', 'ackNotice', 'ackMessage'] : []), ...(callback ? ['writeThen', 'ackThen'] : [])];
+      for (const name of names) {
+        proto[name] = function (this: unknown, ...args: unknown[]) {
+          calls.push(name);
+          return baseProto[name]!.apply(this, args);
+        };
+      }
+      return Audited;
+    }
+    const lmdbDirs = mkdtempSync(join(tmpdir(), 'nest-push-overrides-'));
+    afterAll(() => rmSync(lmdbDirs, { recursive: true, force: true }));
+    let lmdbDir = 0;
+    const until = async (what: string, cond: () => boolean) => {
+      for (let i = 0; i < 400 && !cond(); i++) await new Promise((r) => setTimeout(r, 5));
+      if (!cond()) throw new Error(`timed out waiting for ${what}`);
+    };
+
+    for (const [name, Base] of [['MemoryOfflineStore', MemoryOfflineStore], ['LmdbOfflineStore', LmdbOfflineStore]] as const) {
+      for (const style of ['only the promise forms', 'only the callback forms', 'both forms'] as const) {
+        it(`a ${name} subclass overriding ${style} of write and ack sees every push, device ack and direct call`, async () => {
+          const calls: string[] = [];
+          const Audited = audited(Base, style, calls);
+          const store = Base === LmdbOfflineStore ? new Audited({ path: join(lmdbDirs, `db${lmdbDir++}`) } as never) : new Audited();
+          await store.open();
+          try {
+            const { engine, sink } = setup({}, store);
+            const dispatcher = new PushDispatcher(engine, store);
+            const d = new Dev(engine);
+            d.heartbeat();
+            await flush();
+            const outcome = dispatcher.dispatch(d.uuid, msg('audited'), { source: 'service' });
+            await until('the push to go out', () => contents(sink.to(ADDR, PORT)).length === 1);
+            expect(contents(sink.to(ADDR, PORT))).toEqual(['audited']);
+            d.ackMessage();
+            expect(await outcome).toMatchObject({ status: 'success' });
+            expect(await store.read(d.uuid)).toBeNull();
+            // The engine uses the callback forms: an override of only the promise forms is reached through them.
+            expect(calls).toEqual(style === 'only the promise forms' ? ['write', 'ackMessage'] : ['writeThen', 'ackThen']);
+            dispatcher.close();
+
+            // Direct callers use the promise forms: an override of only the callback forms is reached through them.
+            calls.length = 0;
+            const other = 'ab'.repeat(16);
+            const w = await store.write(other, { kind: 'notice' });
+            expect(await store.ackNotice(other, w.version)).toMatchObject({ cleared: true, remaining: false });
+            expect(await store.read(other)).toBeNull();
+            expect(calls).toEqual(style === 'only the callback forms' ? ['writeThen', 'ackThen'] : ['write', 'ackNotice']);
+          } finally {
+            await store.close();
+          }
+        });
+      }
+    }
   });
 
   describe('admission and limits', () => {

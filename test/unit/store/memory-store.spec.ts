@@ -134,7 +134,7 @@ describe('MemoryOfflineStore answered at once (writeNow, ackNow)', () => {
     expect(store.stats().devices).toBe(1);
   });
 
-  it('a subclass that overrides writeThen or ackThen is asked through them: writeNow and ackNow step aside', async () => {
+  it('a subclass that overrides a form of write or ack is asked through it: writeNow and ackNow step aside', async () => {
     class Wrapped extends MemoryOfflineStore {
       override writeThen(...args: Parameters<MemoryOfflineStore['writeThen']>): void {
         super.writeThen(...args);
@@ -147,6 +147,19 @@ describe('MemoryOfflineStore answered at once (writeNow, ackNow)', () => {
     expect(store.writeNow(uuid, { kind: 'notice' })).toBeUndefined();
     expect(store.ackNow(uuid, 'notice', 1)).toBeUndefined();
     expect(await store.read(uuid)).toBeNull();
+    // Likewise for a subclass that overrides only a promise form.
+    class PromiseForms extends MemoryOfflineStore {
+      override write(...args: Parameters<MemoryOfflineStore['write']>) {
+        return super.write(...args);
+      }
+      override ackMessage(...args: Parameters<MemoryOfflineStore['ackMessage']>) {
+        return super.ackMessage(...args);
+      }
+    }
+    const promiseForms = new PromiseForms();
+    expect(promiseForms.writeNow(uuid, { kind: 'notice' })).toBeUndefined();
+    expect(promiseForms.ackNow(uuid, 'notice', 1)).toBeUndefined();
+    expect(await promiseForms.read(uuid)).toBeNull();
     expect(new MemoryOfflineStore().writeNow(uuid, { kind: 'notice' })).toBeDefined();
   });
 });
