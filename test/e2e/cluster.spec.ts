@@ -155,6 +155,21 @@ describe('cluster: three node processes on one Redis', () => {
     expect(gots.map((g) => g.map((m) => m.content.toString()))).toEqual([['vip', 'either', 'after'], ['either'], ['vip', 'either'], []]);
   });
 
+  it('a tag-filtered broadcast over more devices held elsewhere than one lookup batch (256) reaches each once', async () => {
+    const n = 300;
+    const ds = Array.from({ length: n }, (_, i) => device(nodes.B, `e2e-many-${i}`, 'udp'));
+    const counts = ds.map(() => 0);
+    ds.forEach((d, i) => d.messages.pipe(filter((m) => m.kind === 'message')).subscribe(() => counts[i]!++));
+    await Promise.all(ds.map((d) => d.connect()));
+    await Promise.all(ds.map((d) => eventually(() => nodes.A.route(d.uuid), (r) => r?.node === 'B', 5000, `route of ${d.uuid}`)));
+    await Promise.all(ds.map((d) => nodes.C.tag(d.uuid, ['e2e-many'])));
+    const outcomes = await nodes.A.push({ broadcast: { tags: ['e2e-many'] }, kind: 'message', content: 'many' });
+    expect(outcomes.map((o) => o.uuid).sort()).toEqual(ds.map((d) => d.uuid).sort());
+    expect(outcomes.every((o) => o.status === 'success' && o.node === 'B')).toBe(true);
+    await eventually(async () => counts.every((c) => c === 1), (ok) => ok, 3000, 'every device received it');
+    expect(counts.every((c) => c === 1)).toBe(true);
+  }, 30_000);
+
   it('Redis restarted (AOF, appendfsync always): a pending push survives and is delivered', async () => {
     const u = randomBytes(16).toString('hex');
     const [o] = await nodes.A.push({ uuid: u, kind: 'message', content: 'survives a Redis restart' });
