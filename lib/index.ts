@@ -5,7 +5,7 @@ export type { PushKind, DeviceTransportKind } from './interfaces/push-kind.inter
 export { DeviceEngine, type DeviceLink, type UdpSink, type PushDispatch, type DeviceInspection, type DeviceEngineCounters } from './device/device-engine.js';
 export type { DeviceEngineOptions, EchoPolicy, AdmissionRequest } from './device/device-engine.options.js';
 export type * from './device/device-event.interface.js';
-export { OfflineStore, type PendingWrite, type WriteResult, type PendingState, type AckResult, type OfflineStoreStats } from './store/offline-store.js';
+export { OfflineStore, type PendingWrite, type WriteResult, type PendingState, type AckResult, type OfflineStoreStats, type WriteCallback, type AckCallback } from './store/offline-store.js';
 export { MemoryOfflineStore, type MemoryOfflineStoreOptions } from './store/memory-offline-store.js';
 export { PushRouter, type DeviceRoute, type LocalRouteSource } from './router/push-router.js';
 export { LocalPushRouter } from './router/local-push-router.js';
