@@ -168,3 +168,26 @@ describe("the README's main.ts", () => {
     expect(texts(bob)).toEqual(['from a pusher']);
   });
 });
+
+describe("the README's store subclass (AuditedStore)", () => {
+  it('an app store overriding only write sees every push, from PushService and from the pusher port, and they are delivered', async () => {
+    const seen: string[] = [];
+    class AuditedStore extends MemoryOfflineStore {
+      override write(uuid: string, push: PendingWrite) {
+        seen.push(`${uuid}:${push.kind}`);
+        return super.write(uuid, push);
+      }
+    }
+    const t = await h.start(pushAppModule({ store: new AuditedStore() }));
+    const d = await h.device(t, { uuid: uid() });
+    expect(await t.push.push({ uuid: d.uuid, kind: 'message', content: 'via the service' })).toEqual([expect.objectContaining({ status: 'success' })]);
+    const raw = await RawSocket.open(t.pusherPort);
+    h.defer(() => raw.socket.destroy());
+    raw.socket.write(encodePusherTask({ cmd: PusherCmd.Notice, uuid: Buffer.from(d.uuid, 'hex') }));
+    await until(() => raw.bytes.length === 1, 2_000, 'the pusher reply');
+    expect(raw.bytes).toEqual([PusherReply.Accepted]);
+    await until(() => d.inbox.some((m) => m.kind === 'notice'), 2_000, 'the notice');
+    expect(texts(d)).toEqual(['via the service']);
+    expect(seen).toEqual([`${d.uuid}:message`, `${d.uuid}:notice`]);
+  });
+});
