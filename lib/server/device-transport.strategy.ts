@@ -4,7 +4,7 @@ import { EventEmitter } from 'node:events';
 import { createServer, isIP, type Server as NetServer, type Socket } from 'node:net';
 import { BaseRpcContext } from '@nestjs/microservices';
 import { Subscription } from 'rxjs';
-import { PushTransportServer } from './push-transport.server.js';
+import { IDLE_CUTS_PER_TURN, PushTransportServer } from './push-transport.server.js';
 import { UdpOutbox } from './udp-outbox.js';
 import type { DeviceEngine, DeviceLink } from '../device/device-engine.js';
 import type { DeviceEvent } from '../device/device-event.interface.js';
@@ -191,6 +191,12 @@ export class DeviceTransportStrategy extends PushTransportServer<DeviceTransport
     const server = createServer({ noDelay: true, pauseOnConnect: false }, (socket) => this.onConnection(socket));
     this.tcp = server;
     server.on('error', this.onSocketError);
+    // At the cap, Node closes a new connection's handle before building a
+    // Socket for it: several times cheaper per refusal than destroying one in
+    // onConnection, which matters when a slowloris reconnects as fast as it is
+    // refused. onConnection still checks, for the sockets cut but not yet closed.
+    server.maxConnections = this.options.maxTcpConnections;
+    server.on('drop', this.onRefused);
     return new Promise((resolvePort, reject) => {
       server.once('error', reject);
       server.listen({ host, port, backlog: 4096 }, () => {
@@ -234,10 +240,14 @@ export class DeviceTransportStrategy extends PushTransportServer<DeviceTransport
     });
   }
 
+  private readonly onRefused = (): void => {
+    this.counters.tcpRefused++;
+    this.engine.countDrop('tcp-connection-limit');
+  };
+
   private onConnection(socket: Socket): void {
     if (this.sockets.size >= this.options.maxTcpConnections) {
-      this.counters.tcpRefused++;
-      this.engine.countDrop('tcp-connection-limit');
+      this.onRefused();
       socket.destroy();
       return;
     }
@@ -288,9 +298,16 @@ export class DeviceTransportStrategy extends PushTransportServer<DeviceTransport
     });
   }
 
+  /** Cuts connections silent since `cutoff`, `IDLE_CUTS_PER_TURN` per event-loop turn. */
   private closeIdle(cutoff: number): void {
+    let cuts = 0;
     for (const [socket, lastData] of this.sockets) {
       if (lastData >= cutoff) continue;
+      if (cuts === IDLE_CUTS_PER_TURN) {
+        setImmediate(() => this.idleTimer && this.closeIdle(cutoff));
+        return;
+      }
+      cuts++;
       this.counters.tcpIdleClosed++;
       this.sockets.delete(socket);
       socket.destroy();

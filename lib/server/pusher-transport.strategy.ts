@@ -5,7 +5,7 @@ import { PushFailedError } from '../errors/push-failed.error.js';
 import { PushConfigError } from '../errors/push-config.error.js';
 import { type BudgetReader, PipelineBudget } from './pipeline-budget.js';
 import { type IntakeQueue, PusherIntake } from './pusher-intake.js';
-import { PushTransportServer } from './push-transport.server.js';
+import { IDLE_CUTS_PER_TURN, PushTransportServer } from './push-transport.server.js';
 import type { PushSubmitter, SubmitCallback } from '../interfaces/push-submitter.interface.js';
 import { DEFAULT_MAX_CONTENT_LENGTH, MAX_U16, PusherCmd, PusherReply, type PusherTaskError } from '../protocol/protocol.constants.js';
 import type { PusherTask } from '../protocol/pusher-task.codec.js';
@@ -440,10 +440,12 @@ class PusherConnection implements PusherTaskSink, IntakeQueue, BudgetReader {
   }
 
   /** Closes the connection if it made no progress since `cutoff` (ms). */
-  checkIdle(cutoff: number): void {
+  /** Cuts the connection if it made no progress since `cutoff`; true when it did. */
+  checkIdle(cutoff: number): boolean {
     // A connection waiting on a slow store is not idle: its replies are progress when they come.
-    if (this.closed || this.pipelined > 0 || this.lastProgress >= cutoff) return;
+    if (this.closed || this.socket.destroyed || this.pipelined > 0 || this.lastProgress >= cutoff) return false;
     this.onIdle();
+    return true;
   }
 
   onClose(): void {
@@ -577,17 +579,29 @@ export class PusherTransportStrategy extends PushTransportServer<PusherTransport
       throw err;
     }
     server.on('error', (err) => this.emitter.emit('error', err));
+    // At the cap, Node closes a new connection's handle before building a Socket for it (cheaper than
+    // destroying one in onConnection, for a client reconnecting as fast as it is refused).
+    server.maxConnections = this.options.maxConnections;
+    server.on('drop', () => this.counters.refusedLimit++);
     // One timer for all connections. Idleness is judged on whole tasks and on
     // replies, not on bytes: socket.setTimeout is re-armed by any byte, so a
     // peer dripping one byte a minute would hold its slot forever.
     const idle = this.options.idleTimeoutMs;
-    this.idleTimer = setInterval(() => {
-      const cutoff = Date.now() - idle;
-      for (const c of this.connections) c.checkIdle(cutoff);
-    }, Math.max(10, Math.min(idle / 4, 30_000)));
+    this.idleTimer = setInterval(() => this.cutIdle(Date.now() - idle), Math.max(10, Math.min(idle / 4, 30_000)));
     this.idleTimer.unref();
     this._status$.next('listening');
     this.emitter.emit('listening', this.boundPort);
+  }
+
+  /** Cuts connections idle since `cutoff`, `IDLE_CUTS_PER_TURN` per event-loop turn. */
+  private cutIdle(cutoff: number): void {
+    let cuts = 0;
+    for (const c of this.connections) {
+      if (c.checkIdle(cutoff) && ++cuts === IDLE_CUTS_PER_TURN) {
+        setImmediate(() => this.idleTimer && this.cutIdle(cutoff));
+        return;
+      }
+    }
   }
 
   private isAllowed(address: string | undefined): boolean {

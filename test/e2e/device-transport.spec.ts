@@ -18,6 +18,7 @@ import { LocalPushRouter } from '../../lib/router/local-push-router.js';
 import { DeviceEventContext, DeviceTransportStrategy, type DeviceTransportOptions } from '../../lib/server/device-transport.strategy.js';
 import { MemoryOfflineStore } from '../../lib/store/memory-offline-store.js';
 import { startDeviceServer } from '../helpers/device-server.js';
+import { countPerTurn } from '../helpers/turns.js';
 
 type Transport = 'udp' | 'tcp';
 type Server = Awaited<ReturnType<typeof startDeviceServer>> & { events: DeviceEvent[] };
@@ -723,6 +724,16 @@ describe('device transport: TCP specifics', () => {
     expect((await got).content.toString()).toBe('alive');
   });
 
+  it('cuts at most 64 idle connections per event-loop turn, the rest on the turns after (a slowloris going idle at once)', async () => {
+    const s = await server({}, { tcpIdleTimeoutMs: 60_000 });
+    const n = 150;
+    const socks = await Promise.all(Array.from({ length: n }, () => rawTcp(s)));
+    await waitFor(() => s.transport.counters.tcpConnections === n, 'every connection accepted');
+    const closeIdle = (cutoff: number) => (s.transport as unknown as { closeIdle(cutoff: number): void }).closeIdle(cutoff);
+    expect(await countPerTurn(() => closeIdle(Date.now() + 1), () => s.transport.counters.tcpIdleClosed, n)).toEqual([64, 128, 150]);
+    await Promise.all(socks.map((c) => within(c.closed, 'an idle connection to be closed')));
+  });
+
   it('our own writes do not keep a silent device connected: idleness counts only what the device sends', async () => {
     const s = await server({}, { tcpIdleTimeoutMs: 200 });
     const uuid = newUuid();
@@ -746,10 +757,14 @@ describe('device transport: TCP specifics', () => {
     const first = device(s, 'tcp');
     await connectOnline(s, first);
 
+    // Refused by Node before a Socket is built for it (its 'drop'), the cheap path for a client that reconnects as fast as it is refused.
+    let dropped = 0;
+    (s.transport as unknown as { tcp: NetServer }).tcp.on('drop', () => dropped++);
     const extra = await rawTcp(s);
     await within(extra.closed, 'the extra connection to be refused');
     expect(s.engine.counters.drops['tcp-connection-limit']).toBe(1);
     expect(s.transport.counters).toMatchObject({ tcpRefused: 1, tcpConnections: 1 });
+    expect(dropped).toBe(1);
 
     const got = nextMessage(first, 'message');
     await s.engine.push(first.uuid, { kind: 'message', content: Buffer.from('first') });

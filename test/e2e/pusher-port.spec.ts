@@ -1,4 +1,4 @@
-import { connect } from 'node:net';
+import { connect, type Server } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PayloadTooLargeError } from '../../lib/errors/payload-too-large.error.js';
 import { PushConfigError } from '../../lib/errors/push-config.error.js';
@@ -6,6 +6,7 @@ import type { PushSubmitter, SubmitCallback } from '../../lib/interfaces/push-su
 import { encodePusherTask, PusherCmd, uuidFromKey, uuidToHex } from '../../lib/protocol/index.js';
 import { PusherTransportStrategy } from '../../lib/server/pusher-transport.strategy.js';
 import { RawPusherConnection, ScriptedSubmitter, startPusherOnly, startPusherServer, until } from '../helpers/pusher-server.js';
+import { countPerTurn } from '../helpers/turns.js';
 
 const uuidOf = (i: number) => uuidFromKey(`user-${i}`);
 const hexOf = (i: number) => uuidToHex(uuidOf(i));
@@ -213,14 +214,28 @@ describe('pusher port (TCP 9999): protocol.md section 5', () => {
     expect(ok.counters.refusedAllowList).toBe(0);
   });
 
+  it('cuts at most 64 idle connections per event-loop turn, the rest on the turns after', async () => {
+    const s = await server({ idleTimeoutMs: 60_000 });
+    const n = 150;
+    const conns = await Promise.all(Array.from({ length: n }, () => raw(s.pusherPort)));
+    await until(() => s.pusher.openConnections === n, 2000, 'every connection accepted');
+    const cutIdle = (cutoff: number) => (s.pusher as unknown as { cutIdle(cutoff: number): void }).cutIdle(cutoff);
+    expect(await countPerTurn(() => cutIdle(Date.now() + 1), () => s.pusher.counters.idleClosed, n)).toEqual([64, 128, 150]);
+    await Promise.all(conns.map((c) => c.waitClosed()));
+  });
+
   it('connection limit: connections beyond maxConnections are destroyed and counted', async () => {
     const s = await server({ maxConnections: 2 });
     const a = await raw(s.pusherPort);
     const b = await raw(s.pusherPort);
     await until(() => s.pusher.openConnections === 2, 2000, 'two connections');
+    // Refused by Node before a Socket is built for it (its 'drop'): the cheap path for a client that reconnects as fast as it is refused.
+    let dropped = 0;
+    (s.pusher as unknown as { server: Server }).server.on('drop', () => dropped++);
     const c = await raw(s.pusherPort);
     await c.waitClosed();
     expect(s.pusher.counters.refusedLimit).toBe(1);
+    expect(dropped).toBe(1);
     await a.write(notice(1));
     await b.write(notice(2));
     expect(await a.waitReplies(1)).toEqual([0]);
