@@ -439,8 +439,7 @@ class PusherConnection implements PusherTaskSink, IntakeQueue, BudgetReader {
     setTimeout(() => this.socket.destroy(), 1_000).unref();
   }
 
-  /** Closes the connection if it made no progress since `cutoff` (ms). */
-  /** Cuts the connection if it made no progress since `cutoff`; true when it did. */
+  /** Cuts the connection if it made no progress since `cutoff` (ms); true when it did. */
   checkIdle(cutoff: number): boolean {
     // A connection waiting on a slow store is not idle: its replies are progress when they come.
     if (this.closed || this.socket.destroyed || this.pipelined > 0 || this.lastProgress >= cutoff) return false;
