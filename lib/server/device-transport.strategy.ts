@@ -298,19 +298,23 @@ export class DeviceTransportStrategy extends PushTransportServer<DeviceTransport
     });
   }
 
-  /** Cuts connections silent since `cutoff`, `IDLE_CUTS_PER_TURN` per event-loop turn. */
-  private closeIdle(cutoff: number): void {
+  /**
+   * Cuts connections silent since `cutoff`, `IDLE_CUTS_PER_TURN` per
+   * event-loop turn; the next turn goes on with the same iterator (a Map's
+   * survives deletions), so thousands of idle connections cost one pass.
+   */
+  private closeIdle(cutoff: number, it = this.sockets.entries()): void {
     let cuts = 0;
-    for (const [socket, lastData] of this.sockets) {
+    for (let r = it.next(); !r.done; r = it.next()) {
+      const [socket, lastData] = r.value;
       if (lastData >= cutoff) continue;
-      if (cuts === IDLE_CUTS_PER_TURN) {
-        setImmediate(() => this.idleTimer && this.closeIdle(cutoff));
-        return;
-      }
-      cuts++;
       this.counters.tcpIdleClosed++;
       this.sockets.delete(socket);
       socket.destroy();
+      if (++cuts === IDLE_CUTS_PER_TURN) {
+        setImmediate(() => this.idleTimer && this.closeIdle(cutoff, it));
+        return;
+      }
     }
   }
 
