@@ -303,12 +303,15 @@ export function describeOfflineStoreContract(name: string, factory: OfflineStore
       const u = uuid();
       const n = await s.write(u, { kind: 'notice' });
       const m = await s.write(u, msg('m'));
-      const ack = (kind: 'notice' | 'message', version: number) =>
-        new Promise<unknown[]>((resolve) => {
-          const calls: unknown[] = [];
-          s.ackThen(u, kind, version, (err, r) => calls.push(err ?? { ...r }));
-          setTimeout(() => resolve(calls), 20);
-        });
+      // Every callback of one ack: waits for the first (a durable store answers after its commit,
+      // which can take a while on a busy machine), then 20 ms more for a second that must not come.
+      const ack = async (kind: 'notice' | 'message', version: number) => {
+        const calls: unknown[] = [];
+        s.ackThen(u, kind, version, (err, r) => calls.push(err ?? { ...r }));
+        for (let waited = 0; calls.length === 0 && waited < 5_000; waited += 5) await new Promise((r) => setTimeout(r, 5));
+        await new Promise((r) => setTimeout(r, 20));
+        return calls;
+      };
       expect(await ack('notice', n.version + 1)).toEqual([{ cleared: false, remaining: true }]);
       expect(await ack('message', m.version)).toEqual([{ cleared: true, remaining: false }]);
       expect(await ack('message', m.version)).toEqual([{ cleared: false, remaining: false }]);
